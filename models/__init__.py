@@ -1,0 +1,31 @@
+"""Keras model builders: config in, keras.Model out."""
+
+from __future__ import annotations
+
+import keras
+
+from models.resnet_cifar import DEPTHS, resnet_cifar
+
+MODEL_NAMES = tuple(DEPTHS)
+
+
+def build(name: str, *, num_classes: int = 10, input_shape=(32, 32, 3),
+          weight_decay: float = 1e-4) -> keras.Model:
+    """Builds a registered model by name.
+
+    Args:
+      name: one of MODEL_NAMES ("resnet20" ... "resnet110").
+      num_classes: number of output logits.
+      input_shape: (height, width, channels) of one example.
+      weight_decay: weight decay of conv and dense kernels (see resnet_cifar).
+
+    Returns:
+      A keras.Model producing float32 logits [batch, num_classes].
+
+    Raises:
+      ValueError: if the name is unknown; the message lists the known names.
+    """
+    if name not in DEPTHS:
+        raise ValueError(f"--model={name!r} is not a known model; choose one of {', '.join(MODEL_NAMES)}")
+    return resnet_cifar(DEPTHS[name], num_classes=num_classes, input_shape=input_shape,
+                        weight_decay=weight_decay)
