@@ -1,0 +1,1 @@
+"""tf.data input pipelines: sources (CIFAR-10 in its on-disk forms) and transforms."""

@@ -1,0 +1,322 @@
+"""CIFAR-10 from any of its common on-disk forms, loaded into memory as uint8 arrays.
+
+CIFAR-10 is small (60,000 images of 32x32x3 = 184 MB as uint8), so every form is
+decoded once into arrays and the training pipeline augments from memory: on 2
+cores, decoding JPEGs every epoch takes CPU from the model (see BUILD_NOTES.md).
+
+Forms read from `data_dir`, tried in this order:
+  1. CSV indexes `train.csv` / `test.csv`: rows "<path relative to the CSV>,<class id>",
+     no header (the transfer-learning tutorial's format).
+  2. Class folders `train/<class>/*.jpg|jpeg|png` and `test/<class>/...`; class ids
+     are the sorted folder names' positions, as `image_dataset_from_directory` does.
+  3. The official python archive: `cifar-10-python.tar.gz`, or its extracted
+     `cifar-10-batches-py/` (pickled `data_batch_1..5`, `test_batch`).
+  4. The official binary archive, extracted: `cifar-10-batches-bin/`
+     (`data_batch_1..5.bin`, `test_batch.bin`; records of 1 label byte + 3072 pixel
+     bytes in channel-major order).
+`data_dir` may also be the `cifar-10-batches-py` / `-bin` folder or the .tar.gz itself.
+
+Reference: Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", 2009.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import os
+import pickle
+import tarfile
+
+import numpy as np
+
+NUM_CLASSES = 10
+IMAGE_SHAPE = (32, 32, 3)
+CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
+               "dog", "frog", "horse", "ship", "truck")
+_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+_TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
+_TEST_BATCH = "test_batch"
+
+
+@dataclasses.dataclass(frozen=True)
+class Split:
+    """One split of an in-memory image classification dataset.
+
+    Attributes:
+      images: uint8 [num_examples, height, width, 3].
+      labels: int32 [num_examples], class ids in [0, NUM_CLASSES).
+    """
+
+    images: np.ndarray
+    labels: np.ndarray
+
+    def __post_init__(self):
+        if len(self.images) != len(self.labels):
+            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+
+
+@dataclasses.dataclass(frozen=True)
+class Cifar10:
+    """Both splits of CIFAR-10 and where they came from.
+
+    Attributes:
+      train: 50,000 examples in the official data.
+      test: 10,000 examples in the official data.
+      source: a line naming the form and path read, for logs.
+    """
+
+    train: Split
+    test: Split
+    source: str
+
+
+def load(data_dir: str | None) -> Cifar10:
+    """Loads CIFAR-10 from `data_dir`, or from Keras's download cache when None.
+
+    Args:
+      data_dir: a folder holding one of the forms in this module's docstring, the
+        `cifar-10-python.tar.gz` file, or None to use `keras.datasets.cifar10`.
+
+    Returns:
+      A Cifar10 with uint8 [N, 32, 32, 3] images and int32 [N] labels.
+
+    Raises:
+      ValueError: if `data_dir` does not exist, holds none of the known forms, or a
+        file in it is malformed (the message names the path, and the CSV line); if
+        no `data_dir` is given and the Keras download fails (no network), the
+        message says what was tried and how to pass `--data_dir`.
+    """
+    if data_dir is None:
+        return _load_keras()
+    data_dir = os.path.expanduser(data_dir)
+    if not os.path.exists(data_dir):
+        raise ValueError(f"--data_dir={data_dir} does not exist")
+    if os.path.isfile(data_dir):
+        if data_dir.endswith(".tar.gz"):
+            return _load_python_tar(data_dir)
+        raise ValueError(f"--data_dir={data_dir} is a file but not a cifar-10-python.tar.gz archive")
+    candidates = [
+        (os.path.join(data_dir, "train.csv"), _load_csv_indexes),
+        (os.path.join(data_dir, "train"), _load_class_folders),
+        (os.path.join(data_dir, "cifar-10-python.tar.gz"), _load_python_tar),
+        (os.path.join(data_dir, "cifar-10-batches-py"), _load_python_batches),
+        (os.path.join(data_dir, "data_batch_1"), lambda _: _load_python_batches(data_dir)),
+        (os.path.join(data_dir, "cifar-10-batches-bin"), _load_binary_batches),
+        (os.path.join(data_dir, "data_batch_1.bin"), lambda _: _load_binary_batches(data_dir)),
+    ]
+    for path, loader in candidates:
+        if os.path.exists(path):
+            return loader(path)
+    raise ValueError(
+        f"--data_dir={data_dir} holds no CIFAR-10 in a known form: looked for train.csv/test.csv, "
+        "train/<class>/ and test/<class>/ folders, cifar-10-python.tar.gz, cifar-10-batches-py/ "
+        "and cifar-10-batches-bin/")
+
+
+def _load_keras() -> Cifar10:
+    import keras  # Imported here: only this path needs it, and it starts slowly.
+
+    try:
+        (x, y), (xt, yt) = keras.datasets.cifar10.load_data()
+    except Exception as e:  # Network and archive errors come in many types.
+        raise ValueError(
+            "no --data_dir given, and Keras's CIFAR-10 download into ~/.keras/datasets failed "
+            f"({type(e).__name__}: {e}); pass --data_dir=<folder> holding train.csv/test.csv, "
+            "train/ and test/ class folders, cifar-10-python.tar.gz, cifar-10-batches-py/ or "
+            "cifar-10-batches-bin/") from e
+    return Cifar10(Split(x, y.reshape(-1).astype(np.int32)),
+                   Split(xt, yt.reshape(-1).astype(np.int32)),
+                   "keras.datasets.cifar10 cache")
+
+
+# --- The official python archive --------------------------------------------------
+
+def _unpickle_batch(raw: bytes, where: str) -> Split:
+    try:
+        batch = pickle.loads(raw, encoding="bytes")
+        data = np.asarray(batch[b"data"], dtype=np.uint8)
+        labels = np.asarray(batch[b"labels"], dtype=np.int32)
+    except Exception as e:
+        raise ValueError(f"{where} is not a CIFAR-10 python batch ({type(e).__name__}: {e})") from e
+    if data.ndim != 2 or data.shape[1] != 3072:
+        raise ValueError(f"{where}: data has shape {data.shape}, expected [N, 3072]")
+    images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # [N, 32, 32, 3]
+    split = Split(np.ascontiguousarray(images), labels)
+    _check_labels(split.labels, where)
+    return split
+
+
+def _concat(splits: list[Split]) -> Split:
+    return Split(np.concatenate([s.images for s in splits]), np.concatenate([s.labels for s in splits]))
+
+
+def _load_python_batches(folder: str) -> Cifar10:
+    def read(name):
+        path = os.path.join(folder, name)
+        if not os.path.isfile(path):
+            raise ValueError(f"{path} is missing from the CIFAR-10 python batches")
+        with open(path, "rb") as f:
+            return _unpickle_batch(f.read(), path)
+
+    return Cifar10(_concat([read(n) for n in _TRAIN_BATCHES]), read(_TEST_BATCH),
+                   f"python batches in {folder}")
+
+
+def _load_python_tar(path: str) -> Cifar10:
+    try:
+        with tarfile.open(path, "r:gz") as tar:
+            members = {os.path.basename(m.name): m for m in tar.getmembers() if m.isfile()}
+
+            def read(name):
+                if name not in members:
+                    raise ValueError(f"{path} has no member {name}")
+                return _unpickle_batch(tar.extractfile(members[name]).read(), f"{path}:{name}")
+
+            return Cifar10(_concat([read(n) for n in _TRAIN_BATCHES]), read(_TEST_BATCH),
+                           f"python archive {path}")
+    except (tarfile.TarError, EOFError, OSError) as e:
+        raise ValueError(f"{path} is not a readable .tar.gz archive ({e})") from e
+
+
+# --- The official binary archive ----------------------------------------------------
+
+def _read_binary(path: str) -> Split:
+    if not os.path.isfile(path):
+        raise ValueError(f"{path} is missing from the CIFAR-10 binary batches")
+    raw = np.fromfile(path, dtype=np.uint8)
+    record = 1 + 3072
+    if raw.size == 0 or raw.size % record:
+        raise ValueError(f"{path} has {raw.size} bytes, not a multiple of the {record}-byte record")
+    raw = raw.reshape(-1, record)
+    images = raw[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # [N, 32, 32, 3]
+    split = Split(np.ascontiguousarray(images), raw[:, 0].astype(np.int32))
+    _check_labels(split.labels, path)
+    return split
+
+
+def _load_binary_batches(folder: str) -> Cifar10:
+    train = _concat([_read_binary(os.path.join(folder, n + ".bin")) for n in _TRAIN_BATCHES])
+    return Cifar10(train, _read_binary(os.path.join(folder, _TEST_BATCH + ".bin")),
+                   f"binary batches in {folder}")
+
+
+# --- Image files: CSV indexes and class folders ----------------------------------
+
+def _check_labels(labels: np.ndarray, where: str) -> None:
+    bad = np.flatnonzero((labels < 0) | (labels >= NUM_CLASSES))
+    if bad.size:
+        raise ValueError(f"{where}: label {labels[bad[0]]} of example {bad[0]} is outside [0, {NUM_CLASSES})")
+
+
+def read_csv_index(csv_path: str) -> tuple[list[str], np.ndarray]:
+    """Reads a CSV index of image paths and class ids.
+
+    Args:
+      csv_path: a file of rows "<path relative to the CSV's folder>,<class id>",
+        no header.
+
+    Returns:
+      (absolute paths, int32 [N] labels).
+
+    Raises:
+      ValueError: naming the file and line of a malformed row, a label that is not
+        an integer in [0, NUM_CLASSES), or a path that does not exist; or if the file
+        has no rows.
+    """
+    folder = os.path.dirname(os.path.abspath(csv_path))
+    paths, labels = [], []
+    with open(csv_path, newline="") as f:
+        for line_no, row in enumerate(csv.reader(f), start=1):
+            if not row:
+                continue
+            if len(row) != 2:
+                raise ValueError(f"{csv_path}:{line_no}: expected '<path>,<class id>', got {row!r}")
+            try:
+                label = int(row[1])
+            except ValueError:
+                raise ValueError(f"{csv_path}:{line_no}: class id {row[1]!r} is not an integer") from None
+            if not 0 <= label < NUM_CLASSES:
+                raise ValueError(f"{csv_path}:{line_no}: class id {label} is outside [0, {NUM_CLASSES})")
+            path = os.path.join(folder, row[0])
+            if not os.path.isfile(path):
+                raise ValueError(f"{csv_path}:{line_no}: image {path} does not exist")
+            paths.append(path)
+            labels.append(label)
+    if not paths:
+        raise ValueError(f"{csv_path} has no rows")
+    return paths, np.asarray(labels, dtype=np.int32)
+
+
+def list_class_folders(split_dir: str) -> tuple[list[str], np.ndarray]:
+    """Lists `split_dir/<class>/*.jpg|jpeg|png` with labels from sorted class names.
+
+    Returns:
+      (paths, int32 [N] labels), paths sorted within each class.
+
+    Raises:
+      ValueError: if the folder is missing or has no class folders, a class folder
+        has no images, or there are more classes than NUM_CLASSES.
+    """
+    if not os.path.isdir(split_dir):
+        raise ValueError(f"{split_dir} is not a folder")
+    classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
+    if not classes:
+        raise ValueError(f"{split_dir} has no class folders")
+    if len(classes) > NUM_CLASSES:
+        raise ValueError(f"{split_dir} has {len(classes)} class folders, CIFAR-10 has {NUM_CLASSES}")
+    paths, labels = [], []
+    for label, name in enumerate(classes):
+        class_dir = os.path.join(split_dir, name)
+        files = sorted(f for f in os.listdir(class_dir) if f.lower().endswith(_IMAGE_EXTENSIONS))
+        if not files:
+            raise ValueError(f"class folder {class_dir} has no .jpg/.jpeg/.png images")
+        paths += [os.path.join(class_dir, f) for f in files]
+        labels += [label] * len(files)
+    return paths, np.asarray(labels, dtype=np.int32)
+
+
+def decode_images(paths: list[str]) -> np.ndarray:
+    """Decodes image files into one uint8 [N, 32, 32, 3] array, in parallel.
+
+    Raises:
+      ValueError: naming the first file that is empty, not a decodable JPEG/PNG, or
+        not 32x32 pixels.
+    """
+    import tensorflow as tf  # Only the image-file forms need TensorFlow here.
+
+    def decode(path):
+        image = tf.io.decode_image(tf.io.read_file(path), channels=3, expand_animations=False)
+        return tf.ensure_shape(image, IMAGE_SHAPE)
+
+    ds = (tf.data.Dataset.from_tensor_slices(paths)
+          .map(decode, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+          .batch(2048))
+    try:
+        return np.concatenate([b.numpy() for b in ds]) if paths else np.zeros((0, *IMAGE_SHAPE), np.uint8)
+    except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
+        # The batched error does not say which file; find it one by one.
+        for path in paths:
+            try:
+                decode(path)
+            except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, ValueError) as e:
+                msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+                raise ValueError(f"image {path} could not be decoded as a 32x32 RGB image ({msg})") from None
+        raise
+
+
+def _load_files(train: tuple[list[str], np.ndarray], test: tuple[list[str], np.ndarray],
+                source: str) -> Cifar10:
+    return Cifar10(Split(decode_images(train[0]), train[1]), Split(decode_images(test[0]), test[1]), source)
+
+
+def _load_csv_indexes(train_csv: str) -> Cifar10:
+    test_csv = os.path.join(os.path.dirname(train_csv), "test.csv")
+    if not os.path.isfile(test_csv):
+        raise ValueError(f"{train_csv} exists but {test_csv} is missing")
+    return _load_files(read_csv_index(train_csv), read_csv_index(test_csv), f"CSV indexes {train_csv}, {test_csv}")
+
+
+def _load_class_folders(train_dir: str) -> Cifar10:
+    test_dir = os.path.join(os.path.dirname(train_dir), "test")
+    return _load_files(list_class_folders(train_dir), list_class_folders(test_dir),
+                       f"class folders {train_dir}, {test_dir}")
