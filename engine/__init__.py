@@ -1,0 +1,13 @@
+"""The training engine: Trainer, distribution, inputs, schedules and checkpoints.
+
+It knows nothing of CIFAR or ResNet: tasks come in as a Keras model, a loss and
+input pipelines.
+"""
+
+from engine.distribution import configure_cpu_devices, create_strategy
+from engine.inputs import DatasetInput, EpochInput
+from engine.schedules import piecewise_constant_by_epoch
+from engine.trainer import Trainer
+
+__all__ = ["Trainer", "EpochInput", "DatasetInput", "create_strategy",
+           "configure_cpu_devices", "piecewise_constant_by_epoch"]

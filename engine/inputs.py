@@ -1,0 +1,73 @@
+"""Training inputs the Trainer can distribute and restart at any step.
+
+Two kinds:
+  * EpochInput: a function building one epoch's pipeline from a given step, fed
+    to `strategy.distribute_datasets_from_function`. Each pipeline yields
+    per-replica batches. With a deterministic function (as
+    datasets.in_memory.train_dataset_fn is), a resumed run sees exactly the
+    batches an uninterrupted one would.
+  * DatasetInput: a finite tf.data.Dataset of global batches (one pass = one
+    epoch), fed to `strategy.experimental_distribute_dataset`. A resume skips the
+    epoch's first batches, which is exact only if the dataset's order is fixed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Callable
+
+import tensorflow as tf
+
+
+@dataclasses.dataclass(frozen=True)
+class EpochInput:
+    """Per-epoch training input built by a function of (input context, epoch, start step).
+
+    Attributes:
+      dataset_fn: (tf.distribute.InputContext, epoch: int, start_step: int) ->
+        tf.data.Dataset of per-replica batches for the steps start_step ...
+        steps_per_epoch - 1 of that epoch, for the replicas of this pipeline.
+      steps_per_epoch: training steps (global batches) in one epoch, >= 1.
+    """
+
+    dataset_fn: Callable[[tf.distribute.InputContext, int, int], tf.data.Dataset]
+    steps_per_epoch: int
+
+    def __post_init__(self):
+        if self.steps_per_epoch < 1:
+            raise ValueError(f"steps_per_epoch={self.steps_per_epoch} must be at least 1")
+
+    def distribute(self, strategy: tf.distribute.Strategy, epoch: int, start_step: int):
+        """Returns the distributed dataset of `epoch` from `start_step` on."""
+        return strategy.distribute_datasets_from_function(
+            lambda ctx: self.dataset_fn(ctx, epoch, start_step))
+
+
+@dataclasses.dataclass(frozen=True)
+class DatasetInput:
+    """A finite dataset of global batches; one pass is one epoch.
+
+    Attributes:
+      dataset: tf.data.Dataset of (features, labels) global batches, finite.
+      steps_per_epoch: batches in one pass; taken from the dataset's cardinality
+        when None.
+
+    Raises:
+      ValueError: if steps_per_epoch is None and the dataset's cardinality is
+        infinite or unknown (pass steps_per_epoch then).
+    """
+
+    dataset: tf.data.Dataset
+    steps_per_epoch: int | None = None
+
+    def __post_init__(self):
+        if self.steps_per_epoch is None:
+            n = int(self.dataset.cardinality())
+            if n < 1:
+                kind = "infinite" if n == tf.data.INFINITE_CARDINALITY else "unknown or empty"
+                raise ValueError(f"the training dataset's length is {kind}; pass steps_per_epoch")
+            object.__setattr__(self, "steps_per_epoch", n)
+
+    def distribute(self, strategy: tf.distribute.Strategy, epoch: int, start_step: int):
+        del epoch  # The dataset's own shuffling, if any, decides each epoch's order.
+        return strategy.experimental_distribute_dataset(self.dataset.skip(start_step))
