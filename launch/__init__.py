@@ -1,0 +1,1 @@
+"""The command line: absl flags defined once, flag files, and thin mains."""

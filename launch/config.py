@@ -1,0 +1,113 @@
+"""The validated configuration of a training run, built once from flags."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+
+from engine.distribution import STRATEGIES
+from models import MODEL_NAMES
+
+# The tutorial's learning rate is 0.1 at a global batch of 128, scaled linearly.
+REFERENCE_BATCH = 128
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a CIFAR-10 training run needs, checked before anything runs.
+
+    Attributes mirror the launch.train flags of the same names (see launch/flags.py);
+    units: batches in examples, epochs and boundaries in epochs, learning rate per
+    step at a global batch of 128.
+
+    Raises:
+      ValueError: on the first bad value, naming the flag and the value.
+    """
+
+    data_dir: str | None
+    model_dir: str
+    model: str = "resnet56"
+    batch_size: int = 128
+    global_batch_size: int | None = None
+    epochs: float = 60
+    train_steps: int | None = None
+    steps_per_loop: int = 50
+    checkpoint_every_steps: int | None = 200
+    keep_checkpoints: int = 3
+    strategy: str = "default"
+    num_cpu_devices: int = 1
+    learning_rate: float = 0.1
+    lr_boundaries: tuple[float, ...] = (30.0, 45.0)
+    lr_multipliers: tuple[float, ...] = (0.1, 0.01)
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    seed: int = 0
+    progress: bool = True
+
+    def __post_init__(self):
+        def positive(name, value, allow_none=False):
+            if value is None and allow_none:
+                return
+            if value is None or value <= 0:
+                shown = f"{value:g}" if isinstance(value, float) else value
+                raise ValueError(f"--{name}={shown} must be positive")
+
+        if self.data_dir is not None and not os.path.exists(os.path.expanduser(self.data_dir)):
+            raise ValueError(f"--data_dir={self.data_dir} does not exist")
+        if not self.model_dir:
+            raise ValueError("--model_dir must be set")
+        if os.path.exists(self.model_dir) and not os.path.isdir(self.model_dir):
+            raise ValueError(f"--model_dir={self.model_dir} is a file, not a folder")
+        if self.model not in MODEL_NAMES:
+            raise ValueError(f"--model={self.model!r} is not a known model; choose one of {', '.join(MODEL_NAMES)}")
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"--strategy={self.strategy!r} is not known; choose one of {', '.join(STRATEGIES)}")
+        positive("batch_size", self.batch_size)
+        positive("global_batch_size", self.global_batch_size, allow_none=True)
+        positive("train_steps", self.train_steps, allow_none=True)
+        if self.train_steps is None:
+            positive("epochs", self.epochs)
+        positive("steps_per_loop", self.steps_per_loop)
+        positive("checkpoint_every_steps", self.checkpoint_every_steps, allow_none=True)
+        positive("keep_checkpoints", self.keep_checkpoints)
+        positive("num_cpu_devices", self.num_cpu_devices)
+        positive("learning_rate", self.learning_rate)
+        if not 0 <= self.momentum < 1:
+            raise ValueError(f"--momentum={self.momentum} must be in [0, 1)")
+        if self.weight_decay < 0:
+            raise ValueError(f"--weight_decay={self.weight_decay} must not be negative")
+        if len(self.lr_boundaries) != len(self.lr_multipliers):
+            raise ValueError(f"--lr_boundaries has {len(self.lr_boundaries)} values but --lr_multipliers has "
+                             f"{len(self.lr_multipliers)}: give one multiplier per boundary")
+
+    def global_batch(self, num_replicas: int) -> int:
+        """The global batch for `num_replicas` replicas.
+
+        Raises:
+          ValueError: if --global_batch_size is set and not divisible by the replicas.
+        """
+        if self.global_batch_size is None:
+            return self.batch_size * num_replicas
+        if self.global_batch_size % num_replicas:
+            raise ValueError(f"--global_batch_size={self.global_batch_size} is not divisible by "
+                             f"{num_replicas} replicas")
+        return self.global_batch_size
+
+    def scaled_learning_rate(self, global_batch: int) -> float:
+        """--learning_rate x global batch / 128 (the linear scaling rule of the tutorial)."""
+        return self.learning_rate * global_batch / REFERENCE_BATCH
+
+
+def parse_floats(flag: str, values) -> tuple[float, ...]:
+    """Parses a list flag of floats.
+
+    Raises:
+      ValueError: naming the flag and the value that is not a number.
+    """
+    out = []
+    for v in values or ():
+        try:
+            out.append(float(v))
+        except (TypeError, ValueError):
+            raise ValueError(f"--{flag}: {v!r} is not a number") from None
+    return tuple(out)

@@ -1,0 +1,42 @@
+"""Every command-line flag of the launch mains, defined once.
+
+Library modules never import absl.flags: a main turns these flags into a
+validated launch.config.TrainConfig and passes that down.
+"""
+
+from __future__ import annotations
+
+from absl import flags
+
+from engine.distribution import STRATEGIES
+from models import MODEL_NAMES
+
+
+def define_train_flags() -> None:
+    """Defines the flags of launch.train (idempotent per process is not needed: call once)."""
+    flags.DEFINE_string("data_dir", None, "CIFAR-10 folder: train.csv/test.csv, train/ and test/ class folders, "
+                        "cifar-10-python.tar.gz, cifar-10-batches-py/ or cifar-10-batches-bin/. "
+                        "Unset: Keras's download cache.")
+    flags.DEFINE_string("model_dir", "/tmp/cifar10_model", "Checkpoints and TensorBoard summaries; "
+                        "a rerun with the same folder resumes.")
+    flags.DEFINE_enum("model", "resnet56", list(MODEL_NAMES), "Network.")
+    flags.DEFINE_integer("batch_size", 128, "Per-replica batch; the global batch is this times the replicas.")
+    flags.DEFINE_integer("global_batch_size", None, "Global batch over all replicas, instead of --batch_size; "
+                         "must be divisible by the replicas.")
+    flags.DEFINE_float("epochs", 60, "Epochs to train in total (fractions allowed).")
+    flags.DEFINE_integer("train_steps", None, "Optimizer steps to train in total; overrides --epochs.")
+    flags.DEFINE_integer("steps_per_loop", 50, "Steps per call of the compiled training loop.")
+    flags.DEFINE_integer("checkpoint_every_steps", 200, "Checkpoint every this many steps, and at each epoch end.")
+    flags.DEFINE_integer("keep_checkpoints", 3, "How many recent checkpoints to keep.")
+    flags.DEFINE_enum("strategy", "default", list(STRATEGIES), "tf.distribute strategy.")
+    flags.DEFINE_integer("num_cpu_devices", 1, "Split the CPU into this many logical devices (with "
+                         "--strategy=mirrored: several replicas on a machine without GPUs).")
+    flags.DEFINE_float("learning_rate", 0.1, "Learning rate at a global batch of 128; scaled linearly "
+                       "with the global batch.")
+    flags.DEFINE_list("lr_boundaries", ["30", "45"], "Epochs (floats allowed) at which the learning rate "
+                      "becomes base x the matching --lr_multipliers value.")
+    flags.DEFINE_list("lr_multipliers", ["0.1", "0.01"], "Factors of the base learning rate, one per boundary.")
+    flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
+    flags.DEFINE_float("weight_decay", 1e-4, "Weight decay of conv and dense kernels (the paper's 1e-4).")
+    flags.DEFINE_integer("seed", 0, "Seed of the initial weights, the shuffle and the augmentation.")
+    flags.DEFINE_bool("progress", True, "Show a progress bar per epoch.")
