@@ -1,0 +1,30 @@
+"""Test set-up: two logical CPU devices, so multi-replica tests run without GPUs."""
+
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+# Must happen before TensorFlow initialises its devices, hence at import time.
+_cpu = tf.config.list_physical_devices("CPU")[0]
+tf.config.set_logical_device_configuration(
+    _cpu, [tf.config.LogicalDeviceConfiguration(), tf.config.LogicalDeviceConfiguration()])
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CIFAR10_DIR = os.environ.get("CIFAR10_DIR", os.path.join(REPO, "..", "shared", "data", "cifar10"))
+
+
+@pytest.fixture
+def cifar10_dir():
+    """The shared real CIFAR-10 (JPEG class folders with CSV indexes)."""
+    if not os.path.isfile(os.path.join(CIFAR10_DIR, "train.csv")):
+        pytest.skip(f"real CIFAR-10 not found at {CIFAR10_DIR} (set CIFAR10_DIR)")
+    return CIFAR10_DIR
+
+
+@pytest.fixture
+def two_replicas():
+    """MirroredStrategy over the two logical CPU devices."""
+    return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

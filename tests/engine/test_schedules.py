@@ -1,0 +1,31 @@
+import pytest
+
+from engine.schedules import piecewise_constant_by_epoch
+
+
+def test_rate_changes_at_the_first_step_of_each_boundary_epoch():
+    schedule = piecewise_constant_by_epoch(0.2, [30, 45], [0.1, 0.01], steps_per_epoch=10)
+    rates = {step: float(schedule(step)) for step in (0, 299, 300, 449, 450, 10_000)}
+    assert rates == pytest.approx({0: 0.2, 299: 0.2, 300: 0.02, 449: 0.02, 450: 0.002, 10_000: 0.002})
+
+
+def test_fractional_epochs_fall_on_rounded_steps():
+    schedule = piecewise_constant_by_epoch(0.1, [1.5, 2.25], [0.1, 0.01], steps_per_epoch=390)
+    assert float(schedule(584)) == pytest.approx(0.1)  # 1.5 * 390 = 585
+    assert float(schedule(585)) == pytest.approx(0.01)
+    assert float(schedule(877)) == pytest.approx(0.01)  # 2.25 * 390 = 877.5 -> 878
+    assert float(schedule(878)) == pytest.approx(0.001)
+
+
+def test_no_boundaries_is_a_constant_rate():
+    assert piecewise_constant_by_epoch(0.05, [], [], steps_per_epoch=10) == 0.05
+
+
+@pytest.mark.parametrize("boundaries,multipliers,message", [
+    ([30], [0.1, 0.01], "one multiplier per boundary"),
+    ([45, 30], [0.1, 0.01], "positive and increasing"),
+    ([0.01, 0.02], [0.1, 0.01], "distinct"),
+])
+def test_bad_boundaries_are_refused(boundaries, multipliers, message):
+    with pytest.raises(ValueError, match=message):
+        piecewise_constant_by_epoch(0.1, boundaries, multipliers, steps_per_epoch=10)

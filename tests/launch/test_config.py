@@ -1,0 +1,48 @@
+import pytest
+
+from launch.config import TrainConfig, parse_floats
+from launch.train import flagfiles_first
+
+
+def _config(tmp_path, **overrides):
+    return TrainConfig(**{"data_dir": str(tmp_path), "model_dir": str(tmp_path / "m"), **overrides})
+
+
+@pytest.mark.parametrize("overrides,message", [
+    ({"batch_size": 0}, "--batch_size=0 must be positive"),
+    ({"epochs": -1}, "--epochs=-1 must be positive"),
+    ({"train_steps": 0}, "--train_steps=0 must be positive"),
+    ({"model": "resnet19"}, "--model='resnet19' is not a known model"),
+    ({"strategy": "tpu"}, "--strategy='tpu' is not known"),
+    ({"lr_boundaries": (1.0,), "lr_multipliers": (0.1, 0.01)}, "one multiplier per boundary"),
+    ({"data_dir": "/no/such/folder"}, "--data_dir=/no/such/folder does not exist"),
+])
+def test_bad_values_name_the_flag(tmp_path, overrides, message):
+    with pytest.raises(ValueError, match=message):
+        _config(tmp_path, **overrides)
+
+
+def test_global_batch_and_learning_rate_scaling(tmp_path):
+    config = _config(tmp_path, batch_size=64, learning_rate=0.1)
+    assert config.global_batch(2) == 128 and config.scaled_learning_rate(128) == pytest.approx(0.1)
+    assert config.scaled_learning_rate(256) == pytest.approx(0.2)
+    fixed = _config(tmp_path, global_batch_size=100)
+    assert fixed.global_batch(4) == 100
+    with pytest.raises(ValueError, match="--global_batch_size=100 is not divisible by 3 replicas"):
+        fixed.global_batch(3)
+
+
+def test_epochs_may_be_anything_when_train_steps_is_given(tmp_path):
+    assert _config(tmp_path, epochs=0, train_steps=10).train_steps == 10
+
+
+def test_parse_floats_names_the_flag():
+    assert parse_floats("lr_boundaries", ["1.5", "2"]) == (1.5, 2.0)
+    with pytest.raises(ValueError, match="--lr_boundaries: 'x' is not a number"):
+        parse_floats("lr_boundaries", ["1", "x"])
+
+
+def test_flagfiles_move_to_the_front():
+    argv = ["prog", "--model=resnet20", "--flagfile=a.flags", "--epochs=3", "--flagfile=b.flags"]
+    assert flagfiles_first(argv) == ["prog", "--flagfile=a.flags", "--flagfile=b.flags", "--model=resnet20",
+                                     "--epochs=3"]

@@ -1,0 +1,100 @@
+"""launch.train as users run it: in a subprocess, on small CIFAR-10 files the test writes."""
+
+import os
+import pickle
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from tests.conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def tiny_cifar(tmp_path_factory):
+    """The official python batches, 64 examples each (320 train, 64 test)."""
+    root = tmp_path_factory.mktemp("cifar")
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        with open(folder / name, "wb") as f:
+            pickle.dump({b"data": rng.integers(0, 256, (64, 3072), dtype=np.uint8),
+                         b"labels": rng.integers(0, 10, 64).tolist()}, f)
+    return str(root)
+
+
+def _command(data_dir, model_dir, *extra):
+    return [sys.executable, "-m", "launch.train", "--flagfile=launch/cifar.flags", f"--data_dir={data_dir}",
+            f"--model_dir={model_dir}", "--model=resnet20", "--batch_size=32", "--steps_per_loop=1",
+            "--checkpoint_every_steps=4", "--noprogress", *extra]
+
+
+def _run(args, timeout=300):
+    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(tiny_cifar, tmp_path):
+    model_dir = tmp_path / "run"
+    args = _command(tiny_cifar, model_dir, "--epochs=30", "--lr_boundaries=1", "--lr_multipliers=0.1")
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 240
+        while not (model_dir / "ckpt-12.index").exists():
+            assert proc.poll() is None and time.time() < deadline, "the run ended before its 12th step"
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    done = _run(args)
+    assert done.returncode == 0, done.stderr
+    resumed = [line for line in done.stderr.splitlines() if "resuming at step" in line]
+    assert len(resumed) == 1
+    step = int(resumed[0].split("resuming at step ")[1].split()[0])
+    assert step >= 12 and (step % 4 == 0 or step % 10 == 0)  # a checkpoint step, not 0
+    assert "learning rate 0.0025" in resumed[0]  # 0.1 x 32/128 x 0.1: past the boundary at epoch 1
+    assert (model_dir / "ckpt-300.index").exists()
+    assert "examples_per_second=" in done.stderr and "eval_accuracy=" in done.stderr
+    # The command line wins over the flag file, wherever the file stands.
+    assert "model resnet20" in done.stderr
+
+
+def test_bad_input_stops_with_one_line_and_keeps_model_dir(tiny_cifar, tmp_path):
+    model_dir = tmp_path / "kept"
+    model_dir.mkdir()
+    (model_dir / "notes.txt").write_text("precious")
+    for extra, message in [(["--batch_size=0"], "--batch_size=0 must be positive"),
+                           ([f"--data_dir={tmp_path}/missing"], f"--data_dir={tmp_path}/missing does not exist"),
+                           (["--epochs=0"], "--epochs=0 must be positive"),
+                           (["--global_batch_size=33", "--strategy=mirrored", "--num_cpu_devices=2"],
+                            "--global_batch_size=33 is not divisible by 2 replicas")]:
+        result = _run(_command(tiny_cifar, model_dir, *extra))
+        assert result.returncode != 0
+        errors = [line for line in result.stderr.splitlines() if line.startswith("launch.train: error:")]
+        assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert sorted(os.listdir(model_dir)) == ["notes.txt"]
+    result = _run(_command(tiny_cifar, model_dir, "--model=resnet19"))
+    assert result.returncode != 0 and "resnet19" in result.stderr
+
+
+def test_two_replicas_from_flags(tiny_cifar, tmp_path):
+    result = _run(_command(tiny_cifar, tmp_path / "m2", "--strategy=mirrored", "--num_cpu_devices=2",
+                           "--batch_size=16", "--train_steps=6"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "2 replica(s), per-replica batch 16, global batch 32" in result.stderr
+    assert (tmp_path / "m2" / "ckpt-6.index").exists()
+
+
+def test_trains_on_the_real_cifar10_files(cifar10_dir, tmp_path):
+    result = _run(_command(cifar10_dir, tmp_path / "real", "--batch_size=128", "--train_steps=60",
+                           "--steps_per_loop=20"))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "50000 train, 10000 test examples" in result.stderr
+    final = [line for line in result.stderr.splitlines() if line.startswith("epoch 1/1 step 60:")]
+    accuracy = float(final[0].split("eval_accuracy=")[1].split()[0])
+    assert accuracy > 0.2  # chance is 0.1; 60 steps of ResNet-20 reach about 0.3
