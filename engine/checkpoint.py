@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
+import json
+import math
+import os
+import shutil
+import sys
+
 import tensorflow as tf
+
+# What a truncated or damaged checkpoint file raises on restore (a truncated data
+# file gives IndexError "Read less bytes than requested" in TF 2.21).
+_CORRUPT_ERRORS = (tf.errors.OpError, IndexError, OSError)
 
 
 class Checkpointer:
@@ -33,28 +43,116 @@ class Checkpointer:
         return self.manager.latest_checkpoint
 
     def restore_latest(self) -> str | None:
-        """Restores the newest checkpoint, if any.
+        """Restores the newest readable checkpoint, if any.
+
+        A checkpoint whose files are truncated or damaged is reported (with its
+        path, on stderr) and skipped for the one before it; it is not deleted.
 
         Returns:
-          Its path prefix, or None when the folder holds no checkpoint.
+          The restored checkpoint's path prefix, or None when the folder holds no
+          checkpoint.
 
         Raises:
           ValueError: naming the checkpoint, if its variables do not match the
-            objects being restored (shape or structure). Nothing is deleted.
+            objects being restored (shape or structure), or if every checkpoint is
+            unreadable. Nothing is deleted.
         """
-        path = self.latest
-        if path is None:
-            return None
-        try:
-            status = self.checkpoint.restore(path)
-            status.assert_existing_objects_matched()
-        except (ValueError, AssertionError, tf.errors.OpError) as e:
-            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(
-                f"checkpoint {path} does not match this model ({first}); it was left as it is: "
-                "use another --model_dir, or the flags that wrote it") from e
-        return path
+        candidates = list(reversed(self.manager.checkpoints))
+        for path in candidates:
+            try:
+                status = self.checkpoint.restore(path)
+                status.assert_existing_objects_matched()
+                return path
+            except _CORRUPT_ERRORS as e:
+                sys.stderr.write(f"warning: checkpoint {path} is unreadable ({_first_line(e)}); "
+                                 "trying the one before it\n")
+            except (ValueError, AssertionError) as e:
+                raise ValueError(
+                    f"checkpoint {path} does not match this model ({_first_line(e)}); it was left as it is: "
+                    "use another --model_dir, or the flags that wrote it") from e
+        if candidates:
+            raise ValueError(f"no readable checkpoint among {', '.join(candidates)}; they were left as they are")
+        return None
 
     def save(self, step: int) -> str:
         """Writes a checkpoint numbered `step` and drops the oldest beyond max_to_keep."""
         return self.manager.save(checkpoint_number=step)
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+class BestCheckpoint:
+    """Keeps the checkpoint with the best value of one eval metric.
+
+    Layout under `directory`: `best-<step>/ckpt.*` (the checkpoint) and
+    `best.json` ({"step", "metric", "value", "metrics", "checkpoint"}). A new best is
+    written in full first; `best.json` is then replaced atomically (os.replace),
+    and only after that is the previous best folder removed, so a crash at any
+    point leaves a complete best checkpoint that best.json names.
+
+    Args:
+      directory: where to keep it (created on the first write).
+      metric: the metric name to watch, e.g. "eval_accuracy" or "eval_loss".
+      mode: "max" or "min"; None picks "min" for names containing "loss", else "max".
+      **trackables: what to save (e.g. model=...).
+
+    Raises:
+      ValueError: if mode is not "max", "min" or None.
+    """
+
+    def __init__(self, directory: str, metric: str, mode: str | None = None, **trackables):
+        mode = mode or ("min" if "loss" in metric else "max")
+        if mode not in ("max", "min"):
+            raise ValueError(f"best-checkpoint mode {mode!r} must be 'max' or 'min'")
+        self.directory, self.metric, self.mode = directory, metric, mode
+        self.checkpoint = tf.train.Checkpoint(**trackables)
+        self.info = self._read_info()
+
+    @property
+    def json_path(self) -> str:
+        return os.path.join(self.directory, "best.json")
+
+    def _read_info(self) -> dict | None:
+        try:
+            with open(self.json_path) as f:
+                return json.load(f)
+        except FileNotFoundError:
+            return None
+
+    def is_better(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
+        if self.info is None:
+            return True
+        best = self.info["value"]
+        return value > best if self.mode == "max" else value < best
+
+    def update(self, step: int, metrics: dict[str, float]) -> bool:
+        """Saves a new best if metrics[metric] beats the kept one; returns whether it did.
+
+        Raises:
+          KeyError: naming the metric if `metrics` lacks it.
+        """
+        if self.metric not in metrics:
+            raise KeyError(f"best-checkpoint metric {self.metric!r} is not among {sorted(metrics)}")
+        value = float(metrics[self.metric])
+        if not self.is_better(value):
+            return False
+        folder = f"best-{step}"
+        self.checkpoint.write(os.path.join(self.directory, folder, "ckpt"))
+        info = {"step": step, "metric": self.metric, "value": value, "mode": self.mode,
+                "metrics": {k: float(v) for k, v in metrics.items()},
+                "checkpoint": os.path.join(folder, "ckpt")}
+        tmp = self.json_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(info, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.json_path)
+        previous, self.info = self.info, info
+        if previous and os.path.dirname(previous["checkpoint"]) != folder:
+            shutil.rmtree(os.path.join(self.directory, os.path.dirname(previous["checkpoint"])), ignore_errors=True)
+        return True

@@ -53,3 +53,24 @@ def piecewise_constant_by_epoch(
     # PiecewiseConstantDecay switches to values[i+1] once step > boundaries[i], so
     # boundary step s becomes s - 1 for the new rate to start at step s.
     return keras.optimizers.schedules.PiecewiseConstantDecay([s - 1 for s in steps], values)
+
+
+class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
+    """A schedule times a scale held in a variable (lowered after a rollback).
+
+    Args:
+      schedule: the wrapped LearningRateSchedule.
+      scale: scalar float32 tf.Variable; checkpoint it with the run so that a
+        lowered learning rate survives a restart.
+    """
+
+    def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule, scale):
+        self.schedule = schedule
+        self.scale = scale
+
+    def __call__(self, step):
+        return self.schedule(step) * self.scale
+
+    def get_config(self):
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule),
+                "scale": float(self.scale.numpy())}

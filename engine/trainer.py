@@ -3,10 +3,16 @@
 Loop shape, in the spirit of TF Model Garden's Orbit:
   * eager, per loop: choose how many steps to run, call the compiled loop, read the
     metrics, write summaries, advance the progress bar, checkpoint;
-  * graph, per loop: `steps_per_loop` steps, the count passed as a tensor so that
-    changing it never retraces; each step is `strategy.run(train_step, ...)`.
+  * graph, per loop: up to `steps_per_loop` steps, the count passed as a tensor so
+    that changing it never retraces; each step is `strategy.run(train_step, ...)`.
 A new task subclasses Trainer and overrides `train_step` / `eval_step` (or only
 `compute_loss`); the loop, the distribution and the checkpoints stay as they are.
+
+Steps and data position: `step` counts the global batches consumed. It is saved in
+every checkpoint and, with the seed, fixes where the data stands (see
+engine/inputs.py). The optimizer's own `iterations` counts the updates applied
+and drives the learning-rate schedule; the two differ only by the updates that the
+non-finite guard skipped.
 """
 
 from __future__ import annotations
@@ -20,12 +26,15 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from engine.checkpoint import Checkpointer
+from engine.checkpoint import BestCheckpoint, Checkpointer
 from engine.inputs import DatasetInput, EpochInput
+from engine.preemption import StopRequest
 from engine.progress import EpochProgress, format_value
+from engine.schedules import ScaledSchedule
 
 # Upper bound for the in-graph evaluation loop, which stops when the data ends.
 _MAX_EVAL_STEPS = 2**62
+NONFINITE_ACTIONS = ("rollback", "stop")
 
 MetricsFactory = Callable[[], Mapping[str, keras.metrics.Metric]]
 
@@ -34,29 +43,33 @@ def _default_metrics() -> dict[str, keras.metrics.Metric]:
     return {"accuracy": keras.metrics.SparseCategoricalAccuracy(name="accuracy")}
 
 
+class NonFiniteError(RuntimeError):
+    """Training produced non-finite losses or gradients and cannot go on."""
+
+
 class Trainer:
     """Trains, evaluates and checkpoints a Keras model with a custom distributed loop.
 
     Build the model and the optimizer under `strategy.scope()` first. The Trainer
     builds the optimizer's slot variables there (Keras 3 creates them lazily, and a
     distributed step that creates them fails; see BUILD_NOTES.md), creates its
-    metrics, and, with a model_dir, restores the newest checkpoint at the start of
-    `fit`, so that rerunning the same job resumes at the saved step with the
-    learning rate of that step.
+    metrics, and, with a model_dir, restores the newest readable checkpoint at the
+    start of `fit`, so that rerunning the same job resumes at the saved step with
+    that step's learning rate and data position.
 
     Args:
       model: a keras.Model (Sequential, functional or subclassed) mapping features
         to outputs; its `losses` (regularisation) are added to the loss.
-      optimizer: a keras optimizer; its `iterations` is the run's global step, and a
-        LearningRateSchedule given to it reads that step.
+      optimizer: a keras optimizer; a LearningRateSchedule given to it reads its
+        `iterations` (updates applied).
       loss: callable (labels, outputs) -> float32 per-example losses [batch]; a
         keras loss built with reduction=None qualifies.
       global_batch_size: examples per step over all replicas; the loss is averaged
         over it (tf.nn.compute_average_loss), so gradients summed over replicas
         equal those of one replica on the whole batch.
       strategy: tf.distribute strategy; the default (no distribution) when None.
-      model_dir: folder for checkpoints (`ckpt-<step>`) and summaries (`train/`,
-        `eval/`); None trains without either.
+      model_dir: folder for checkpoints (`ckpt-<step>`), summaries (`train/`,
+        `eval/`) and the best checkpoint (`best/`); None trains without them.
       metrics: factory returning named keras metrics updated with (labels,
         outputs); called twice, for training and for evaluation. Default: accuracy
         for sparse labels. A mean "loss" metric is always added.
@@ -65,13 +78,23 @@ class Trainer:
       checkpoint_every_steps: also checkpoint every this many steps (checkpoints
         are always written at each epoch end); None for epoch ends only.
       keep_checkpoints: how many recent checkpoints to keep.
+      nonfinite_limit: guard against non-finite updates: a step whose loss or
+        gradients are NaN/Inf on any replica is skipped on all of them and counted;
+        after this many skips in a row, `nonfinite_action` applies. None turns the
+        guard off (non-finite values then reach the weights).
+      nonfinite_action: "rollback" (restore the newest checkpoint, multiply the
+        learning rate by `rollback_lr_factor`, go on) or "stop" (raise
+        NonFiniteError).
+      rollback_lr_factor: learning-rate factor applied at each rollback, in (0, 1].
+      best_metric: eval metric to keep the best checkpoint of, e.g.
+        "eval_accuracy" or "eval_loss"; None keeps none.
       progress: show a tqdm progress bar per epoch (a summary line per epoch, and
-        lines on restore and interruption, are printed either way).
+        lines on restore and stop, are printed either way).
 
     Raises:
       ValueError: if the loss reduces over the batch, the global batch is not
-        divisible by the replicas, or the model's variables were not created under
-        `strategy.scope()`.
+        divisible by the replicas, the model's variables were not created under
+        `strategy.scope()`, or another argument is out of range.
     """
 
     def __init__(
@@ -87,6 +110,10 @@ class Trainer:
         steps_per_loop: int = 100,
         checkpoint_every_steps: int | None = None,
         keep_checkpoints: int = 3,
+        nonfinite_limit: int | None = 10,
+        nonfinite_action: str = "rollback",
+        rollback_lr_factor: float = 0.5,
+        best_metric: str | None = None,
         progress: bool = True,
     ):
         self.strategy = strategy or tf.distribute.get_strategy()
@@ -97,6 +124,12 @@ class Trainer:
             raise ValueError(f"steps_per_loop={steps_per_loop} must be at least 1")
         if checkpoint_every_steps is not None and checkpoint_every_steps < 1:
             raise ValueError(f"checkpoint_every_steps={checkpoint_every_steps} must be at least 1")
+        if nonfinite_limit is not None and nonfinite_limit < 1:
+            raise ValueError(f"nonfinite_limit={nonfinite_limit} must be at least 1 (or None)")
+        if nonfinite_action not in NONFINITE_ACTIONS:
+            raise ValueError(f"nonfinite_action={nonfinite_action!r} must be one of {', '.join(NONFINITE_ACTIONS)}")
+        if not 0 < rollback_lr_factor <= 1:
+            raise ValueError(f"rollback_lr_factor={rollback_lr_factor} must be in (0, 1]")
         if isinstance(loss, keras.losses.Loss) and loss.reduction not in (None, "none"):
             raise ValueError(f"loss {loss.name} reduces with {loss.reduction!r}; build it with reduction=None "
                              "so the Trainer can average over the global batch")
@@ -112,19 +145,41 @@ class Trainer:
         self.model_dir = model_dir
         self.steps_per_loop = steps_per_loop
         self.checkpoint_every_steps = checkpoint_every_steps
+        self.nonfinite_limit = nonfinite_limit
+        self.nonfinite_action = nonfinite_action
+        self.rollback_lr_factor = rollback_lr_factor
         self.progress = progress
+        self._stop = StopRequest()
         metrics = metrics or _default_metrics
+        first_replica = tf.VariableAggregation.ONLY_FIRST_REPLICA
         with self.strategy.scope():
             if not optimizer.built:
                 optimizer.build(model.trainable_variables)
             self.train_metrics = {"loss": keras.metrics.Mean(name="loss"), **metrics()}
             self.eval_metrics = {"loss": keras.metrics.Mean(name="loss"), **metrics()}
-        self.checkpointer = (Checkpointer(model_dir, max_to_keep=keep_checkpoints, model=model, optimizer=optimizer)
-                             if model_dir else None)
+            # Run state saved with every checkpoint.
+            self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step", aggregation=first_replica)
+            self._nonfinite_total = tf.Variable(0, dtype=tf.int64, trainable=False, name="nonfinite_steps",
+                                                aggregation=first_replica)
+            self._nonfinite_streak = tf.Variable(0, dtype=tf.int64, trainable=False, name="nonfinite_streak",
+                                                 aggregation=first_replica)
+            self._lr_scale = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="lr_scale",
+                                         aggregation=first_replica)
+        if isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+            # Lets a rollback lower a scheduled rate; the value is unchanged at scale 1.
+            optimizer.learning_rate = ScaledSchedule(optimizer._learning_rate, self._lr_scale)
+        trackables = dict(model=model, optimizer=optimizer, step=self._step,
+                          nonfinite_steps=self._nonfinite_total, lr_scale=self._lr_scale)
+        self.checkpointer = Checkpointer(model_dir, max_to_keep=keep_checkpoints, **trackables) if model_dir else None
+        self.best = (BestCheckpoint(os.path.join(model_dir, "best"), best_metric, model=model)
+                     if model_dir and best_metric else None)
+        if best_metric and not model_dir:
+            raise ValueError(f"best_metric={best_metric!r} needs a model_dir to keep the checkpoint in")
         self._restored = False
         self._announced = False
         self.restored_from: str | None = None  # checkpoint restored at start, if any
         self._last_saved_step: int | None = None
+        self.stopped_by: str | None = None  # "SIGTERM" / "SIGINT" when fit stopped early on a signal
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
         # Compiled once; the loop count is a tensor argument, so no retracing.
         self._train_loop = tf.function(self._train_loop_fn)
@@ -153,9 +208,51 @@ class Trainer:
             outputs = self.model(features, training=True)
             loss, per_example = self.compute_loss(labels, outputs)
         variables = self.model.trainable_variables
-        # The optimizer sums gradients over replicas before applying them.
-        self.optimizer.apply_gradients(zip(tape.gradient(loss, variables), variables))
-        self._update_metrics(self.train_metrics, labels, outputs, per_example)
+        grads = tape.gradient(loss, variables)
+        if self.nonfinite_limit is None:
+            # The optimizer sums gradients over replicas before applying them.
+            self.optimizer.apply_gradients(zip(grads, variables))
+            finite = tf.constant(True)
+        else:
+            finite = tf.logical_and(tf.reduce_all(tf.math.is_finite(loss)),
+                                    tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]))
+            self._apply_if_all_finite(finite, grads, variables)
+        # A skipped step leaves the metrics alone, so one NaN does not poison the epoch.
+        weight = tf.cast(finite, tf.float32)
+        per_example = tf.where(finite, per_example, tf.zeros_like(per_example))
+        outputs = tf.nest.map_structure(lambda o: tf.where(finite, o, tf.zeros_like(o)), outputs)
+        self._update_metrics(self.train_metrics, labels, outputs, per_example,
+                             sample_weight=weight * tf.ones_like(per_example))
+
+    def _apply_if_all_finite(self, finite: tf.Tensor, grads, variables) -> None:
+        """Applies the update on every replica only if it is finite on every replica."""
+        ctx = tf.distribute.get_replica_context()
+        if tf.__internal__.distribute.strategy_supports_no_merge_call():
+            # Collective strategies: agree through an all-reduce, branch per replica.
+            bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
+            tf.cond(bad == 0, lambda: self._apply(grads, variables), self._count_skip)
+            return
+
+        def cross_replica(distribution, finite, grads):
+            # apply_gradients calls merge_call, which may not sit in a cond inside a
+            # replica context; so the cond is taken here, as Keras's
+            # LossScaleOptimizer does.
+            all_finite = tf.reduce_all(tf.stack(distribution.experimental_local_results(finite)))
+
+            def apply():
+                distribution.extended.call_for_each_replica(self._apply, args=(grads, variables))
+
+            tf.cond(all_finite, apply, self._count_skip)
+
+        ctx.merge_call(cross_replica, args=(finite, grads))
+
+    def _apply(self, grads, variables) -> None:
+        self.optimizer.apply_gradients(zip(grads, variables))
+        self._nonfinite_streak.assign(0)
+
+    def _count_skip(self) -> None:
+        self._nonfinite_total.assign_add(1)
+        self._nonfinite_streak.assign_add(1)
 
     def eval_step(self, inputs) -> None:
         """Updates the eval metrics with one replica's batch (features, labels)."""
@@ -164,18 +261,21 @@ class Trainer:
         self._update_metrics(self.eval_metrics, labels, outputs, tf.cast(self.loss(labels, outputs), tf.float32))
 
     @staticmethod
-    def _update_metrics(metrics, labels, outputs, per_example_loss):
+    def _update_metrics(metrics, labels, outputs, per_example_loss, sample_weight=None):
         for name, metric in metrics.items():
             if name == "loss":
-                metric.update_state(per_example_loss)
+                metric.update_state(per_example_loss, sample_weight=sample_weight)
             else:
-                metric.update_state(labels, outputs)
+                metric.update_state(labels, outputs, sample_weight=sample_weight)
 
     # --- Compiled loops ---------------------------------------------------------------
 
     def _train_loop_fn(self, iterator, num_steps: tf.Tensor) -> None:
         for _ in tf.range(num_steps):
+            if self._stop.flag:  # SIGTERM/SIGINT: stop before the next step.
+                break
             self.strategy.run(self.train_step, args=(next(iterator),))
+            self._step.assign_add(1)
 
     def _eval_loop_fn(self, iterator) -> None:
         for _ in tf.range(_MAX_EVAL_STEPS):
@@ -188,16 +288,21 @@ class Trainer:
 
     @property
     def global_step(self) -> int:
-        """Optimizer steps taken so far (restored with the checkpoint)."""
-        return int(self.optimizer.iterations.numpy())
+        """Global batches consumed so far (restored with the checkpoint)."""
+        return int(self._step.numpy())
+
+    @property
+    def nonfinite_steps(self) -> int:
+        """Steps whose update was skipped as non-finite, over the whole run."""
+        return int(self._nonfinite_total.numpy())
 
     @property
     def learning_rate(self) -> float:
-        """The learning rate of the next step."""
+        """The learning rate of the next update."""
         return float(np.asarray(self.optimizer.learning_rate))
 
     def restore(self) -> str | None:
-        """Restores the newest checkpoint in model_dir, once; returns its path or None.
+        """Restores the newest readable checkpoint in model_dir, once; returns its path or None.
 
         Raises:
           ValueError: if the checkpoint does not fit the model (see Checkpointer).
@@ -235,9 +340,10 @@ class Trainer:
         """Trains to `train_steps` (or `epochs`) total steps, resuming from model_dir.
 
         Evaluates on `eval_data` after every epoch and at the end, checkpoints at
-        each epoch end (and every `checkpoint_every_steps`), and writes summaries
-        to model_dir/train and model_dir/eval. On Ctrl-C it checkpoints the steps
-        done before re-raising.
+        each epoch end (and every `checkpoint_every_steps`), keeps the best
+        checkpoint, and writes summaries to model_dir/train and model_dir/eval.
+        On SIGTERM or SIGINT it finishes the current step, checkpoints, prints
+        where, sets `stopped_by` and returns.
 
         Args:
           train_input: an EpochInput, a DatasetInput, or a finite tf.data.Dataset of
@@ -245,16 +351,19 @@ class Trainer:
           eval_data: finite tf.data.Dataset of global batches, or None.
           epochs: epochs to train in total, counted from step 0 (a resumed run
             does the rest). Ignored when train_steps is given.
-          train_steps: optimizer steps to train in total; overrides epochs.
+          train_steps: steps to train in total; overrides epochs.
 
         Returns:
           History: names to lists with one value per evaluation point (epoch ends
           and the end): "step", "epoch", "learning_rate", "examples_per_second",
-          the train metrics, and the eval metrics prefixed with "eval_".
+          "nonfinite_steps", the train metrics, and the eval metrics prefixed
+          with "eval_".
 
         Raises:
           ValueError: if neither epochs nor train_steps is positive, or the
             checkpoint in model_dir does not fit the model.
+          NonFiniteError: after `nonfinite_limit` non-finite steps in a row with
+            nonfinite_action="stop", or when a rollback has no checkpoint to go to.
         """
         if isinstance(train_input, tf.data.Dataset):
             train_input = DatasetInput(train_input)
@@ -276,10 +385,14 @@ class Trainer:
             say(f"restored {self.restored_from}: resuming at step {step} (epoch {step // steps_per_epoch + 1}, "
                 f"learning rate {self.learning_rate:.4g})")
         self._announced = True
+        if self.nonfinite_limit and self.nonfinite_action == "rollback" and self.checkpointer \
+                and self.checkpointer.latest is None:
+            self._save(step)  # A rollback needs a checkpoint to go back to.
         history: dict[str, list[float]] = {}
+        self.stopped_by = None
         first_loop = True
-        try:
-            while step < total:
+        with self._stop:
+            while step < total and not self.stopped_by:
                 epoch, start = divmod(step, steps_per_epoch)
                 epoch_end = min((epoch + 1) * steps_per_epoch, total)
                 iterator = iter(train_input.distribute(self.strategy, epoch, start))
@@ -287,7 +400,7 @@ class Trainer:
                     metric.reset_state()
                 bar = EpochProgress(epoch=epoch, num_epochs=num_epochs, total_steps=epoch_end - epoch * steps_per_epoch,
                                     initial_step=start, enabled=self.progress)
-                examples, seconds = 0, 0.0
+                examples, seconds, rolled_back = 0, 0.0, False
                 try:
                     while step < epoch_end:
                         n = min(self.steps_per_loop, epoch_end - step)
@@ -297,19 +410,32 @@ class Trainer:
                         self._train_loop(iterator, tf.constant(n, tf.int64))
                         logs = {name: float(m.result()) for name, m in self.train_metrics.items()}
                         dt = time.perf_counter() - t0  # Reading the metrics waited for the loop.
-                        step += n
-                        rate = n * self.global_batch_size / dt
+                        done, step = self.global_step - step, self.global_step
+                        rate = done * self.global_batch_size / dt
                         if not first_loop or step == epoch_end:  # The first loop also traces.
-                            examples, seconds = examples + n * self.global_batch_size, seconds + dt
+                            examples, seconds = examples + done * self.global_batch_size, seconds + dt
                         first_loop = False
-                        logs.update(learning_rate=self.learning_rate, examples_per_second=rate)
+                        logs.update(learning_rate=self.learning_rate, examples_per_second=rate,
+                                    nonfinite_steps=self.nonfinite_steps)
                         self._write_summaries("train", logs, step)
-                        bar.update(n, logs)
+                        bar.update(done, logs)
+                        if self._stop.signal_name or done < n:
+                            self.stopped_by = self._stop.signal_name or "signal"
+                            break
+                        if self.nonfinite_limit and int(self._nonfinite_streak.numpy()) >= self.nonfinite_limit:
+                            step, rolled_back = self._handle_nonfinite(step), True
+                            break
                         if self.checkpoint_every_steps and step % self.checkpoint_every_steps == 0:
                             self._save(step)
                 finally:
                     bar.close()
-                self._save(step)
+                if rolled_back:
+                    continue
+                path = self._save(step)
+                if self.stopped_by:
+                    say(f"{self.stopped_by} received: stopped after step {step}; checkpoint {path}; "
+                        "rerun the same command to resume")
+                    break
                 logs["examples_per_second"] = examples / seconds if seconds else logs["examples_per_second"]
                 logs.update(step=step, epoch=step / steps_per_epoch)
                 if eval_data is not None:
@@ -318,15 +444,10 @@ class Trainer:
                     history.setdefault(name, []).append(value)
                 say(f"epoch {epoch + 1}/{num_epochs} step {step}: " +
                     " ".join(f"{k}={format_value(v)}" for k, v in logs.items() if k not in ("step", "epoch")))
-        except KeyboardInterrupt:
-            if self.checkpointer:
-                path = self._save(self.global_step)
-                say(f"interrupted at step {self.global_step}; checkpoint {path}: rerun the same command to resume")
-            raise
-        finally:
-            for writer in self._writers.values():
-                writer.flush()
-        if not history and eval_data is not None:  # Nothing left to train: report where the run stands.
+        for writer in self._writers.values():
+            writer.flush()
+        if not history and eval_data is not None and not self.stopped_by:
+            # Nothing left to train: report where the run stands.
             logs = {f"eval_{k}": v for k, v in self._evaluate_and_log(eval_data, step).items()}
             logs.update(step=step, epoch=step / steps_per_epoch)
             history = {k: [v] for k, v in logs.items()}
@@ -335,9 +456,31 @@ class Trainer:
 
     # --- Eager helpers ----------------------------------------------------------------
 
+    def _handle_nonfinite(self, step: int) -> int:
+        """After `nonfinite_limit` skips in a row: stop, or roll back and lower the LR."""
+        streak, total = int(self._nonfinite_streak.numpy()), self.nonfinite_steps
+        where = f"{streak} non-finite steps in a row up to step {step}"
+        if self.nonfinite_action == "stop":
+            raise NonFiniteError(f"{where}; stopping as asked (last checkpoint: "
+                                 f"{self.checkpointer.latest if self.checkpointer else 'none'})")
+        if not self.checkpointer or not self.checkpointer.latest:
+            raise NonFiniteError(f"{where}, and no checkpoint to roll back to (set model_dir)")
+        path = self.checkpointer.restore_latest()
+        self._lr_scale.assign(self._lr_scale * self.rollback_lr_factor)
+        if not isinstance(self.optimizer._learning_rate, ScaledSchedule):
+            self.optimizer.learning_rate = self.learning_rate * self.rollback_lr_factor
+        self._nonfinite_total.assign(total)  # The count covers the whole run, rollbacks included.
+        self._nonfinite_streak.assign(0)
+        self._last_saved_step = self.global_step
+        EpochProgress.write(f"{where}: rolled back to {path} (step {self.global_step}), "
+                            f"learning rate now {self.learning_rate:.4g}")
+        return self.global_step
+
     def _evaluate_and_log(self, eval_data, step: int) -> dict[str, float]:
         results = self.evaluate(eval_data)
         self._write_summaries("eval", results, step)
+        if self.best and self.best.update(step, {f"eval_{k}": v for k, v in results.items()}):
+            EpochProgress.write(f"new best {self.best.metric}={format_value(self.best.info['value'])} at step {step}")
         return results
 
     def _save(self, step: int) -> str | None:

@@ -42,6 +42,11 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     seed: int = 0
+    deterministic: bool = False
+    nonfinite_limit: int = 10
+    nonfinite_action: str = "rollback"
+    rollback_lr_factor: float = 0.5
+    best_metric: str = "eval_accuracy"
     progress: bool = True
 
     def __post_init__(self):
@@ -76,6 +81,14 @@ class TrainConfig:
             raise ValueError(f"--momentum={self.momentum} must be in [0, 1)")
         if self.weight_decay < 0:
             raise ValueError(f"--weight_decay={self.weight_decay} must not be negative")
+        if self.nonfinite_limit < 0:
+            raise ValueError(f"--nonfinite_limit={self.nonfinite_limit} must be 0 (off) or positive")
+        if self.nonfinite_action not in ("rollback", "stop"):
+            raise ValueError(f"--nonfinite_action={self.nonfinite_action!r} must be rollback or stop")
+        if not 0 < self.rollback_lr_factor <= 1:
+            raise ValueError(f"--rollback_lr_factor={self.rollback_lr_factor:g} must be in (0, 1]")
+        if self.best_metric and self.best_metric not in ("eval_loss", "eval_accuracy"):
+            raise ValueError(f"--best_metric={self.best_metric!r} must be eval_loss, eval_accuracy or empty")
         if len(self.lr_boundaries) != len(self.lr_multipliers):
             raise ValueError(f"--lr_boundaries has {len(self.lr_boundaries)} values but --lr_multipliers has "
                              f"{len(self.lr_multipliers)}: give one multiplier per boundary")

@@ -47,6 +47,8 @@ def prepare(config: TrainConfig) -> Run:
         does not fit the model; the message names the flag, path or value.
     """
     configure_cpu_devices(config.num_cpu_devices)
+    if config.deterministic:
+        tf.config.experimental.enable_op_determinism()
     strategy = create_strategy(config.strategy)
     replicas = strategy.num_replicas_in_sync
     global_batch = config.global_batch(replicas)
@@ -74,6 +76,8 @@ def prepare(config: TrainConfig) -> Run:
         loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
         global_batch_size=global_batch, strategy=strategy, model_dir=config.model_dir,
         steps_per_loop=config.steps_per_loop, checkpoint_every_steps=config.checkpoint_every_steps,
-        keep_checkpoints=config.keep_checkpoints, progress=config.progress)
+        keep_checkpoints=config.keep_checkpoints, nonfinite_limit=config.nonfinite_limit or None,
+        nonfinite_action=config.nonfinite_action, rollback_lr_factor=config.rollback_lr_factor,
+        best_metric=config.best_metric or None, progress=config.progress)
     trainer.restore()
     return Run(config, trainer, train_input, eval_data)

@@ -39,4 +39,13 @@ def define_train_flags() -> None:
     flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
     flags.DEFINE_float("weight_decay", 1e-4, "Weight decay of conv and dense kernels (the paper's 1e-4).")
     flags.DEFINE_integer("seed", 0, "Seed of the initial weights, the shuffle and the augmentation.")
+    flags.DEFINE_bool("deterministic", False, "Op determinism and fixed seeds: a run killed at any step and "
+                      "rerun ends with bitwise the same weights as an uninterrupted one (slower).")
+    flags.DEFINE_integer("nonfinite_limit", 10, "Skip steps with NaN/Inf loss or gradients; after this many in a "
+                         "row, apply --nonfinite_action. 0 turns the guard off.")
+    flags.DEFINE_enum("nonfinite_action", "rollback", ["rollback", "stop"], "rollback: restore the newest "
+                      "checkpoint and multiply the learning rate by --rollback_lr_factor; stop: exit with an error.")
+    flags.DEFINE_float("rollback_lr_factor", 0.5, "Learning-rate factor applied at each rollback.")
+    flags.DEFINE_string("best_metric", "eval_accuracy", "Keep the checkpoint with the best value of this eval "
+                        "metric in <model_dir>/best (empty: keep none).")
     flags.DEFINE_bool("progress", True, "Show a progress bar per epoch.")

@@ -46,7 +46,10 @@ def config_from_flags() -> TrainConfig:
         strategy=FLAGS.strategy, num_cpu_devices=FLAGS.num_cpu_devices, learning_rate=FLAGS.learning_rate,
         lr_boundaries=parse_floats("lr_boundaries", FLAGS.lr_boundaries),
         lr_multipliers=parse_floats("lr_multipliers", FLAGS.lr_multipliers),
-        momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay, seed=FLAGS.seed, progress=FLAGS.progress)
+        momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay, seed=FLAGS.seed,
+        deterministic=FLAGS.deterministic, nonfinite_limit=FLAGS.nonfinite_limit,
+        nonfinite_action=FLAGS.nonfinite_action, rollback_lr_factor=FLAGS.rollback_lr_factor,
+        best_metric=FLAGS.best_metric, progress=FLAGS.progress)
 
 
 def main(argv: list[str]) -> None:
@@ -61,7 +64,7 @@ def main(argv: list[str]) -> None:
     except ValueError as e:
         # Bad input: one clear line, nothing trained or written.
         sys.exit(f"launch.train: error: {e}")
-    run.train()
+    run.train()  # On SIGTERM/SIGINT it checkpoints and returns: exit status 0.
 
 
 if __name__ == "__main__":

@@ -2,6 +2,8 @@
 
 import glob
 import os
+import signal
+import threading
 
 import keras
 import numpy as np
@@ -159,22 +161,27 @@ def test_summaries_hold_train_and_eval_scalars(tmp_path):
     assert all(v > 0 for _, v in train_scalars["examples_per_second"])
 
 
-def test_interrupt_checkpoints_the_steps_done(tmp_path):
+def test_sigterm_mid_loop_finishes_the_step_checkpoints_and_returns(tmp_path):
     images, labels = _data()
-    train, _ = _inputs(images, labels)
-    trainer = _trainer(model_dir=str(tmp_path), steps_per_loop=1)
-    real_loop, calls = trainer._train_loop, []
+    ds = tf.data.Dataset.from_tensor_slices(((images / 255).astype(np.float32), labels)).batch(GB).repeat()
+    endless = DatasetInput(ds, steps_per_epoch=1_000_000)  # one compiled loop of 10^6 steps
+    trainer = _trainer(model_dir=str(tmp_path), steps_per_loop=1_000_000)
+    real_loop, timers = trainer._train_loop, []
 
-    def loop_then_ctrl_c(iterator, n):
-        real_loop(iterator, n)
-        calls.append(n)
-        if len(calls) == 3:
-            raise KeyboardInterrupt
+    def loop_with_a_signal(iterator, n):
+        # Sent while the compiled loop runs, where no Python handler can run.
+        timers.append(threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)))
+        timers[0].start()
+        return real_loop(iterator, n)
 
-    trainer._train_loop = loop_then_ctrl_c
-    with pytest.raises(KeyboardInterrupt):
-        trainer.fit(train, train_steps=10)
-    assert trainer.checkpointer.latest.endswith("ckpt-3")
+    trainer._train_loop = loop_with_a_signal
+    trainer.fit(endless, train_steps=1_000_000)
+    step = trainer.global_step
+    assert len(timers) == 1 and trainer.stopped_by == "SIGTERM"
+    assert 0 < step < 1_000_000  # stopped inside the loop, after a whole step
+    assert trainer.checkpointer.latest.endswith(f"ckpt-{step}")
+    assert int(trainer.optimizer.iterations.numpy()) == step  # every started step finished
+    assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # handler restored
 
 
 def test_plain_dataset_of_global_batches_trains():

@@ -1,56 +1,18 @@
 """launch.train as users run it: in a subprocess, on small CIFAR-10 files the test writes."""
 
 import os
-import pickle
-import signal
-import subprocess
-import sys
-import time
 
-import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.launch.cli import command as _command, run as _run, start_and_signal
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def tiny_cifar(tmp_path_factory):
-    """The official python batches, 64 examples each (320 train, 64 test)."""
-    root = tmp_path_factory.mktemp("cifar")
-    folder = root / "cifar-10-batches-py"
-    folder.mkdir()
-    rng = np.random.default_rng(0)
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        with open(folder / name, "wb") as f:
-            pickle.dump({b"data": rng.integers(0, 256, (64, 3072), dtype=np.uint8),
-                         b"labels": rng.integers(0, 10, 64).tolist()}, f)
-    return str(root)
-
-
-def _command(data_dir, model_dir, *extra):
-    return [sys.executable, "-m", "launch.train", "--flagfile=launch/cifar.flags", f"--data_dir={data_dir}",
-            f"--model_dir={model_dir}", "--model=resnet20", "--batch_size=32", "--steps_per_loop=1",
-            "--checkpoint_every_steps=4", "--noprogress", *extra]
-
-
-def _run(args, timeout=300):
-    return subprocess.run(args, cwd=REPO, capture_output=True, text=True, timeout=timeout)
 
 
 def test_killed_run_resumes_from_its_last_checkpoint(tiny_cifar, tmp_path):
     model_dir = tmp_path / "run"
     args = _command(tiny_cifar, model_dir, "--epochs=30", "--lr_boundaries=1", "--lr_multipliers=0.1")
-    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        deadline = time.time() + 240
-        while not (model_dir / "ckpt-12.index").exists():
-            assert proc.poll() is None and time.time() < deadline, "the run ended before its 12th step"
-            time.sleep(0.2)
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait()
+    start_and_signal(args, model_dir / "ckpt-12.index")
     done = _run(args)
     assert done.returncode == 0, done.stderr
     resumed = [line for line in done.stderr.splitlines() if "resuming at step" in line]

@@ -1,0 +1,61 @@
+"""Checkpoint fallback on damaged files, and the best-checkpoint keeper."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from engine.checkpoint import BestCheckpoint, Checkpointer
+
+
+def _saved(tmp_path, steps):
+    v = tf.Variable(0.0)
+    keeper = Checkpointer(str(tmp_path), max_to_keep=5, v=v)
+    for step in steps:
+        v.assign(float(step))
+        keeper.save(step)
+    return v, keeper
+
+
+def test_truncated_newest_checkpoint_falls_back_to_the_previous(tmp_path, capfd):
+    _saved(tmp_path, [10, 20])
+    data = tmp_path / "ckpt-20.data-00000-of-00001"
+    data.write_bytes(data.read_bytes()[:10])
+    v = tf.Variable(-1.0)
+    restored = Checkpointer(str(tmp_path), max_to_keep=5, v=v).restore_latest()
+    assert restored.endswith("ckpt-10") and float(v.numpy()) == 10.0
+    assert f"checkpoint {tmp_path}/ckpt-20 is unreadable" in capfd.readouterr().err
+    assert data.exists()  # reported, not deleted
+
+
+def test_all_checkpoints_unreadable_is_an_error(tmp_path):
+    _saved(tmp_path, [1])
+    (tmp_path / "ckpt-1.index").write_bytes(b"garbage")
+    with pytest.raises(ValueError, match="no readable checkpoint"):
+        Checkpointer(str(tmp_path), max_to_keep=5, v=tf.Variable(0.0)).restore_latest()
+
+
+def test_best_checkpoint_keeps_only_the_best_and_names_it_in_json(tmp_path):
+    v = tf.Variable(0.0)
+    best = BestCheckpoint(str(tmp_path), "eval_accuracy", v=v)
+    for step, accuracy in [(1, 0.5), (2, 0.7), (3, 0.6), (4, float("nan"))]:
+        v.assign(float(step))
+        best.update(step, {"eval_accuracy": accuracy, "eval_loss": 1.0})
+    info = json.loads((tmp_path / "best.json").read_text())
+    assert info["step"] == 2 and info["value"] == 0.7 and info["metrics"]["eval_loss"] == 1.0
+    assert sorted(p for p in os.listdir(tmp_path) if p.startswith("best-")) == ["best-2"]
+    w = tf.Variable(-1.0)
+    tf.train.Checkpoint(v=w).read(str(tmp_path / info["checkpoint"])).assert_consumed()
+    assert float(w.numpy()) == 2.0
+    # A new keeper over the same folder continues from what best.json says.
+    again = BestCheckpoint(str(tmp_path), "eval_accuracy", v=v)
+    assert not again.update(5, {"eval_accuracy": 0.69}) and again.update(6, {"eval_accuracy": 0.71})
+
+
+def test_loss_metrics_are_minimised():
+    best = BestCheckpoint("/nonexistent-until-written", "eval_loss", v=tf.Variable(0.0))
+    assert best.mode == "min" and best.is_better(1.0)
+    best.info = {"value": 0.5}
+    assert best.is_better(0.4) and not best.is_better(0.6) and not best.is_better(np.inf)

@@ -1,0 +1,107 @@
+"""Exact resume and the non-finite guard, in process on small data."""
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+
+from datasets import in_memory
+from engine import EpochInput, Trainer, piecewise_constant_by_epoch
+from engine.trainer import NonFiniteError
+from tests.engine.test_trainer import GB, N, _data, _small_cnn
+
+
+class RecordingTrainer(Trainer):
+    """Counts how often each example id (its label) is trained on, and can inject NaN losses."""
+
+    def __init__(self, *, nan_calls=(), nan_replica=None, num_ids=N, **kwargs):
+        super().__init__(**kwargs)
+        with self.strategy.scope():
+            self.seen = tf.Variable(tf.zeros([num_ids], tf.int32), aggregation=tf.VariableAggregation.SUM,
+                                    synchronization=tf.VariableSynchronization.ON_READ)
+            self.calls = tf.Variable(0, dtype=tf.int64, aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA)
+        self.nan_calls = tf.constant(list(nan_calls) or [-1], tf.int64)
+        self.nan_replica = nan_replica
+
+    def compute_loss(self, labels, outputs):
+        loss, per_example = super().compute_loss(labels % 3, outputs)
+        poisoned = tf.reduce_any(tf.equal(self.calls, self.nan_calls))
+        if self.nan_replica is not None:
+            ctx = tf.distribute.get_replica_context()
+            poisoned = tf.logical_and(poisoned, tf.equal(ctx.replica_id_in_sync_group, self.nan_replica))
+        return tf.where(poisoned, np.nan, loss), per_example
+
+    def train_step(self, inputs):
+        super().train_step(inputs)
+        self.seen.assign_add(tf.math.bincount(inputs[1], minlength=self.seen.shape[0], maxlength=self.seen.shape[0]))
+        self.calls.assign_add(1)  # ONLY_FIRST_REPLICA: one count per step
+
+
+def _recording(strategy=None, learning_rate=0.05, **kwargs):
+    strategy = strategy or tf.distribute.get_strategy()
+    with strategy.scope():
+        model = _small_cnn()
+        optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9)
+    return RecordingTrainer(model=model, optimizer=optimizer, strategy=strategy, global_batch_size=GB,
+                            loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
+                            progress=False, **kwargs)
+
+
+def _ids_input():
+    images, _ = _data()
+    ids = np.arange(N, dtype=np.int32)  # labels carry the example id; the loss uses id % 3
+    return EpochInput(in_memory.train_dataset_fn(images, ids, global_batch_size=GB, seed=3),
+                      in_memory.steps_per_epoch(N, GB))
+
+
+def test_mid_epoch_resume_uses_every_example_exactly_once(tmp_path):
+    train = _ids_input()  # 96 examples, 6 steps of 16 per epoch
+    first = _recording(model_dir=str(tmp_path), checkpoint_every_steps=2, steps_per_loop=1)
+    first.fit(train, train_steps=6 + 4)  # all of epoch 0, 4 steps of epoch 1
+    second = _recording(model_dir=str(tmp_path), steps_per_loop=1)  # a new process, in effect
+    second.fit(train, train_steps=12)  # the rest of epoch 1
+    assert second.restored_from.endswith("ckpt-10")
+    epoch1 = first.seen.read_value().numpy() - 1 + second.seen.read_value().numpy()
+    # first saw epoch 0 once (all ones) and 4 steps of epoch 1; second the last 2.
+    assert epoch1.tolist() == [1] * N
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_nonfinite_steps_are_skipped_on_every_replica_and_counted(replicas, two_replicas):
+    strategy = two_replicas if replicas == 2 else None
+    trainer = _recording(strategy, nan_calls=(2, 3), nan_replica=0, steps_per_loop=1, nonfinite_limit=5)
+    train = _ids_input()
+    trainer.fit(train, train_steps=2)
+    before = [w.numpy() for w in trainer.model.weights]
+    trainer.fit(train, train_steps=4)  # calls 2 and 3: non-finite on replica 0 only
+    assert trainer.nonfinite_steps == 2 and trainer.global_step == 4
+    assert int(trainer.optimizer.iterations.numpy()) == 2
+    for a, b in zip(before, trainer.model.weights):
+        np.testing.assert_array_equal(a, b.numpy())  # no replica applied anything
+    history = trainer.fit(train, train_steps=6)
+    assert int(trainer.optimizer.iterations.numpy()) == 4 and np.isfinite(history["loss"][-1])
+
+
+@pytest.mark.parametrize("scheduled", [False, True])
+def test_k_nonfinite_steps_in_a_row_roll_back_and_lower_the_learning_rate(tmp_path, scheduled):
+    lr = piecewise_constant_by_epoch(0.05, [100], [0.1], steps_per_epoch=6) if scheduled else 0.05
+    trainer = _recording(model_dir=str(tmp_path), nan_calls=(8, 9, 10), nonfinite_limit=3, learning_rate=lr,
+                         checkpoint_every_steps=4, steps_per_loop=1, rollback_lr_factor=0.5)
+    history = trainer.fit(_ids_input(), train_steps=18)
+    assert trainer.global_step == 18 and trainer.nonfinite_steps == 3
+    # Rolled back to step 8 (the newest checkpoint) after steps 9-11 failed.
+    assert trainer.learning_rate == pytest.approx(0.025)
+    assert all(np.isfinite(history["loss"]))
+    assert all(np.isfinite(w.numpy()).all() for w in trainer.model.weights)
+    assert int(trainer.calls.numpy()) == 18 + 3  # the three bad steps were redone after the rollback
+    # The lowered rate is saved: a new Trainer over the same folder keeps it.
+    again = _recording(model_dir=str(tmp_path), learning_rate=lr)
+    again.restore()
+    assert again.learning_rate == pytest.approx(0.025) and again.nonfinite_steps == 3
+
+
+def test_nonfinite_stop_action_raises(tmp_path):
+    trainer = _recording(model_dir=str(tmp_path), nan_calls=(1, 2), nonfinite_limit=2, nonfinite_action="stop",
+                         steps_per_loop=1)
+    with pytest.raises(NonFiniteError, match="2 non-finite steps in a row up to step 3"):
+        trainer.fit(_ids_input(), train_steps=10)
