@@ -48,11 +48,13 @@ def train_dataset_fn(
       pad: pixels of padding for the random crop.
 
     Returns:
-      dataset_fn(input_context, epoch, start_step) -> tf.data.Dataset whose
+      dataset_fn(input_context, epoch, start_step, independent=False) ->
+      tf.data.Dataset whose
       elements are per-replica batches (float32 [B, h, w, 3], int32 [B]) for the
       replicas fed by this input pipeline, in replica order, for steps
       start_step ... steps_per_epoch - 1 of `epoch`. It is meant for
-      `strategy.distribute_datasets_from_function`.
+      `strategy.distribute_datasets_from_function`. independent=True returns the
+      epoch's batches in an unseeded random order, repeated (see engine.EpochInput).
 
     Raises:
       ValueError: if there are fewer examples than one global batch.
@@ -70,7 +72,8 @@ def train_dataset_fn(
         batch = augment.pad_crop_flip(batch, offsets, flips, pad)
         return augment.normalize(batch), tf.gather(labels_t, indices)
 
-    def dataset_fn(ctx: tf.distribute.InputContext, epoch: int, start_step: int) -> tf.data.Dataset:
+    def dataset_fn(ctx: tf.distribute.InputContext, epoch: int, start_step: int,
+                   independent: bool = False) -> tf.data.Dataset:
         pipelines, pipeline_id = ctx.num_input_pipelines, ctx.input_pipeline_id
         per_replica = ctx.get_per_replica_batch_size(global_batch_size)
         replicas_here = ctx.num_replicas_in_sync // pipelines
@@ -81,6 +84,8 @@ def train_dataset_fn(
         mine = order.reshape(steps, pipelines, replicas_here * per_replica)[:, pipeline_id]
         rows = mine.reshape(steps * replicas_here, per_replica)[start_step * replicas_here:]  # [M, B]
         ds = tf.data.Dataset.from_tensor_slices((rows, offsets[rows], flips[rows]))
+        if independent:  # Parameter-server workers: own random batch order (unseeded), endless.
+            ds = ds.shuffle(len(rows)).repeat()
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -24,23 +24,39 @@ class Checkpointer:
     (another architecture, another number of classes) stops with an error naming
     its path, before anything is written.
 
+    Multi-worker runs: every worker must take part in a save, but only the chief's
+    checkpoints are kept. A non-chief worker passes `scratch_directory`: it
+    restores from `directory` (the chief's) and saves into the scratch folder,
+    which is deleted right after each save.
+
     Args:
       directory: folder of the checkpoints (`ckpt-<step>.index`, `.data-*`, and
         the `checkpoint` index file). Created on the first save, not before.
       max_to_keep: how many recent checkpoints to keep, >= 1.
+      scratch_directory: for non-chief workers, where saves go and are removed.
       **trackables: what to save, e.g. model=..., optimizer=...
     """
 
-    def __init__(self, directory: str, *, max_to_keep: int, **trackables):
+    def __init__(self, directory: str, *, max_to_keep: int, scratch_directory: str | None = None, **trackables):
         if max_to_keep < 1:
             raise ValueError(f"keep_checkpoints={max_to_keep} must be at least 1")
         self.checkpoint = tf.train.Checkpoint(**trackables)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
+        self.scratch_directory = scratch_directory
 
     @property
     def latest(self) -> str | None:
         """Path prefix of the newest checkpoint, or None."""
+        if self.scratch_directory is not None:  # The chief writes them: read its index anew.
+            return tf.train.latest_checkpoint(self.manager.directory)
         return self.manager.latest_checkpoint
+
+    def _all(self) -> list[str]:
+        """Kept checkpoints, oldest first."""
+        if self.scratch_directory is not None:
+            state = tf.train.get_checkpoint_state(self.manager.directory)
+            return list(state.all_model_checkpoint_paths) if state else []
+        return list(self.manager.checkpoints)
 
     def restore_latest(self) -> str | None:
         """Restores the newest readable checkpoint, if any.
@@ -57,7 +73,7 @@ class Checkpointer:
             objects being restored (shape or structure), or if every checkpoint is
             unreadable. Nothing is deleted.
         """
-        candidates = list(reversed(self.manager.checkpoints))
+        candidates = list(reversed(self._all()))
         for path in candidates:
             try:
                 status = self.checkpoint.restore(path)
@@ -75,8 +91,25 @@ class Checkpointer:
         return None
 
     def save(self, step: int) -> str:
-        """Writes a checkpoint numbered `step` and drops the oldest beyond max_to_keep."""
-        return self.manager.save(checkpoint_number=step)
+        """Writes a checkpoint numbered `step` and drops the oldest beyond max_to_keep.
+
+        Returns the chief's newest checkpoint path (for a non-chief worker, whose
+        own copy is deleted at once).
+        """
+        if self.scratch_directory is None:
+            return self.manager.save(checkpoint_number=step)
+        self.checkpoint.write(os.path.join(self.scratch_directory, f"ckpt-{step}"))
+        remove_scratch(self.scratch_directory)
+        return self.latest
+
+
+def remove_scratch(folder: str) -> None:
+    """Deletes a non-chief worker's scratch folder, and its parent once empty."""
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        os.rmdir(os.path.dirname(folder))
+    except OSError:
+        pass  # Another worker's scratch is still there.
 
 
 def _first_line(error: Exception) -> str:

@@ -24,9 +24,13 @@ class EpochInput:
     """Per-epoch training input built by a function of (input context, epoch, start step).
 
     Attributes:
-      dataset_fn: (tf.distribute.InputContext, epoch: int, start_step: int) ->
-        tf.data.Dataset of per-replica batches for the steps start_step ...
-        steps_per_epoch - 1 of that epoch, for the replicas of this pipeline.
+      dataset_fn: (tf.distribute.InputContext, epoch: int, start_step: int,
+        independent: bool = False) -> tf.data.Dataset of per-replica batches for
+        the steps start_step ... steps_per_epoch - 1 of that epoch, for the
+        replicas of this pipeline. With independent=True (parameter-server
+        workers, which cannot be told apart when the dataset is built) it returns
+        the epoch's batches in a random order drawn when each worker starts
+        reading, repeated without end.
       steps_per_epoch: training steps (global batches) in one epoch, >= 1.
     """
 
@@ -37,10 +41,17 @@ class EpochInput:
         if self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch={self.steps_per_epoch} must be at least 1")
 
-    def distribute(self, strategy: tf.distribute.Strategy, epoch: int, start_step: int):
-        """Returns the distributed dataset of `epoch` from `start_step` on."""
-        return strategy.distribute_datasets_from_function(
-            lambda ctx: self.dataset_fn(ctx, epoch, start_step))
+    def distribute(self, strategy: tf.distribute.Strategy, epoch: int, start_step: int, coordinator=None):
+        """Returns the distributed dataset of `epoch` from `start_step` on.
+
+        With a ClusterCoordinator (parameter-server training), returns a per-worker
+        dataset instead: each worker reads the epoch's batches in its own random
+        order, repeated, since steps go to whichever worker is free.
+        """
+        if coordinator is None:
+            return strategy.distribute_datasets_from_function(lambda ctx: self.dataset_fn(ctx, epoch, start_step))
+        return coordinator.create_per_worker_dataset(strategy.distribute_datasets_from_function(
+            lambda ctx: self.dataset_fn(ctx, epoch, 0, independent=True)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +79,8 @@ class DatasetInput:
                 raise ValueError(f"the training dataset's length is {kind}; pass steps_per_epoch")
             object.__setattr__(self, "steps_per_epoch", n)
 
-    def distribute(self, strategy: tf.distribute.Strategy, epoch: int, start_step: int):
+    def distribute(self, strategy: tf.distribute.Strategy, epoch: int, start_step: int, coordinator=None):
         del epoch  # The dataset's own shuffling, if any, decides each epoch's order.
+        if coordinator is not None:
+            return coordinator.create_per_worker_dataset(lambda: self.dataset.repeat())
         return strategy.experimental_distribute_dataset(self.dataset.skip(start_step))

@@ -67,9 +67,10 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def __init__(self, schedule: keras.optimizers.schedules.LearningRateSchedule, scale):
         self.schedule = schedule
         self.scale = scale
+        self.step = None  # A step variable to read instead of the optimizer's, if set.
 
     def __call__(self, step):
-        return self.schedule(step) * self.scale
+        return self.schedule(step if self.step is None else self.step) * self.scale
 
     def get_config(self):
         return {"schedule": keras.saving.serialize_keras_object(self.schedule),

@@ -17,6 +17,7 @@ non-finite guard skipped.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import time
@@ -26,7 +27,8 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from engine.checkpoint import BestCheckpoint, Checkpointer
+from engine import distribution
+from engine.checkpoint import BestCheckpoint, Checkpointer, remove_scratch
 from engine.inputs import DatasetInput, EpochInput
 from engine.preemption import StopRequest
 from engine.progress import EpochProgress, format_value
@@ -168,10 +170,18 @@ class Trainer:
         if isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
             # Lets a rollback lower a scheduled rate; the value is unchanged at scale 1.
             optimizer.learning_rate = ScaledSchedule(optimizer._learning_rate, self._lr_scale)
+        # Multi-worker: every worker takes part in saves, only the chief's are kept,
+        # and only the chief writes summaries and progress.
+        self.is_chief = distribution.is_chief(self.strategy)
+        resolver = getattr(self.strategy, "cluster_resolver", None)
+        self._multi_worker = bool(resolver and resolver.cluster_spec().as_dict())
+        self._scratch = (os.path.join(model_dir, ".scratch", f"worker-{distribution.worker_index(self.strategy)}")
+                         if model_dir and not self.is_chief else None)
         trackables = dict(model=model, optimizer=optimizer, step=self._step,
                           nonfinite_steps=self._nonfinite_total, lr_scale=self._lr_scale)
-        self.checkpointer = Checkpointer(model_dir, max_to_keep=keep_checkpoints, **trackables) if model_dir else None
-        self.best = (BestCheckpoint(os.path.join(model_dir, "best"), best_metric, model=model)
+        self.checkpointer = (Checkpointer(model_dir, max_to_keep=keep_checkpoints, scratch_directory=self._scratch,
+                                          **trackables) if model_dir else None)
+        self.best = (BestCheckpoint(os.path.join(self._scratch or model_dir, "best"), best_metric, model=model)
                      if model_dir and best_metric else None)
         if best_metric and not model_dir:
             raise ValueError(f"best_metric={best_metric!r} needs a model_dir to keep the checkpoint in")
@@ -181,9 +191,17 @@ class Trainer:
         self._last_saved_step: int | None = None
         self.stopped_by: str | None = None  # "SIGTERM" / "SIGINT" when fit stopped early on a signal
         self._writers: dict[str, tf.summary.SummaryWriter] = {}
+        # Parameter-server training: this process is the coordinator; it schedules
+        # steps on the workers and evaluates itself.
+        self._coordinator = (tf.distribute.coordinator.ClusterCoordinator(self.strategy)
+                             if isinstance(self.strategy, tf.distribute.experimental.ParameterServerStrategy) else None)
+        if self._coordinator and isinstance(optimizer._learning_rate, ScaledSchedule):
+            # Concurrent workers can lose increments of the optimizer's iterations;
+            # the schedule follows the Trainer's step counter instead.
+            optimizer._learning_rate.step = self._step
         # Compiled once; the loop count is a tensor argument, so no retracing.
         self._train_loop = tf.function(self._train_loop_fn)
-        self._eval_loop = tf.function(self._eval_loop_fn)
+        self._eval_loop = tf.function(self._eval_loop_fn if not self._coordinator else self._inline_eval_fn)
 
     # --- Per-replica step functions (graph; override in subclasses) ---------------
 
@@ -272,7 +290,7 @@ class Trainer:
 
     def _train_loop_fn(self, iterator, num_steps: tf.Tensor) -> None:
         for _ in tf.range(num_steps):
-            if self._stop.flag:  # SIGTERM/SIGINT: stop before the next step.
+            if not self._multi_worker and self._stop.flag:  # SIGTERM/SIGINT: stop before the next step.
                 break
             self.strategy.run(self.train_step, args=(next(iterator),))
             self._step.assign_add(1)
@@ -283,6 +301,11 @@ class Trainer:
             if not optional.has_value():
                 break
             self.strategy.run(self.eval_step, args=(optional.get_value(),))
+
+    def _inline_eval_fn(self, data) -> None:
+        # Parameter-server training: the coordinator evaluates on its own device.
+        for batch in data:
+            self.eval_step(batch)
 
     # --- Public API (eager) ----------------------------------------------------------
 
@@ -325,8 +348,11 @@ class Trainer:
         """
         for metric in self.eval_metrics.values():
             metric.reset_state()
-        # A fresh iterator each time: evaluation always starts at the first batch.
-        self._eval_loop(iter(self.strategy.experimental_distribute_dataset(data)))
+        if self._coordinator:
+            self._eval_loop(data)
+        else:
+            # A fresh iterator each time: evaluation always starts at the first batch.
+            self._eval_loop(iter(self.strategy.experimental_distribute_dataset(data)))
         return {name: float(m.result()) for name, m in self.eval_metrics.items()}
 
     def fit(
@@ -380,7 +406,7 @@ class Trainer:
 
         self.restore()
         step = self.global_step
-        say = EpochProgress.write
+        say = EpochProgress.write if self.is_chief else (lambda line: None)
         if self.restored_from and not self._announced:  # Once per Trainer.
             say(f"restored {self.restored_from}: resuming at step {step} (epoch {step // steps_per_epoch + 1}, "
                 f"learning rate {self.learning_rate:.4g})")
@@ -391,15 +417,17 @@ class Trainer:
         history: dict[str, list[float]] = {}
         self.stopped_by = None
         first_loop = True
-        with self._stop:
+        # A signal to one worker must not stop its loop alone (the others would wait
+        # in a collective forever), so multi-worker runs leave signals as they are.
+        with (self._stop if not self._multi_worker else contextlib.nullcontext()):
             while step < total and not self.stopped_by:
                 epoch, start = divmod(step, steps_per_epoch)
                 epoch_end = min((epoch + 1) * steps_per_epoch, total)
-                iterator = iter(train_input.distribute(self.strategy, epoch, start))
+                iterator = iter(train_input.distribute(self.strategy, epoch, start, self._coordinator))
                 for metric in self.train_metrics.values():
                     metric.reset_state()
                 bar = EpochProgress(epoch=epoch, num_epochs=num_epochs, total_steps=epoch_end - epoch * steps_per_epoch,
-                                    initial_step=start, enabled=self.progress)
+                                    initial_step=start, enabled=self.progress and self.is_chief)
                 examples, seconds, rolled_back = 0, 0.0, False
                 try:
                     while step < epoch_end:
@@ -407,7 +435,7 @@ class Trainer:
                         if self.checkpoint_every_steps:
                             n = min(n, self.checkpoint_every_steps - step % self.checkpoint_every_steps)
                         t0 = time.perf_counter()
-                        self._train_loop(iterator, tf.constant(n, tf.int64))
+                        self._run_loop(iterator, n)
                         logs = {name: float(m.result()) for name, m in self.train_metrics.items()}
                         dt = time.perf_counter() - t0  # Reading the metrics waited for the loop.
                         done, step = self.global_step - step, self.global_step
@@ -456,6 +484,16 @@ class Trainer:
 
     # --- Eager helpers ----------------------------------------------------------------
 
+    def _run_loop(self, iterator, num_steps: int) -> None:
+        if not self._coordinator:
+            self._train_loop(iterator, tf.constant(num_steps, tf.int64))
+            return
+        # One closure per step: the coordinator hands each to a free worker.
+        one = tf.constant(1, tf.int64)
+        for _ in range(num_steps):
+            self._coordinator.schedule(self._train_loop, args=(iterator, one))
+        self._coordinator.join()
+
     def _handle_nonfinite(self, step: int) -> int:
         """After `nonfinite_limit` skips in a row: stop, or roll back and lower the LR."""
         streak, total = int(self._nonfinite_streak.numpy()), self.nonfinite_steps
@@ -472,15 +510,20 @@ class Trainer:
         self._nonfinite_total.assign(total)  # The count covers the whole run, rollbacks included.
         self._nonfinite_streak.assign(0)
         self._last_saved_step = self.global_step
-        EpochProgress.write(f"{where}: rolled back to {path} (step {self.global_step}), "
-                            f"learning rate now {self.learning_rate:.4g}")
+        if self.is_chief:
+            EpochProgress.write(f"{where}: rolled back to {path} (step {self.global_step}), "
+                                f"learning rate now {self.learning_rate:.4g}")
         return self.global_step
 
     def _evaluate_and_log(self, eval_data, step: int) -> dict[str, float]:
         results = self.evaluate(eval_data)
         self._write_summaries("eval", results, step)
         if self.best and self.best.update(step, {f"eval_{k}": v for k, v in results.items()}):
-            EpochProgress.write(f"new best {self.best.metric}={format_value(self.best.info['value'])} at step {step}")
+            if self.is_chief:
+                EpochProgress.write(f"new best {self.best.metric}={format_value(self.best.info['value'])} "
+                                    f"at step {step}")
+            else:
+                remove_scratch(self._scratch)
         return results
 
     def _save(self, step: int) -> str | None:
@@ -493,7 +536,7 @@ class Trainer:
         return self.checkpointer.latest
 
     def _write_summaries(self, split: str, logs: Mapping[str, float], step: int) -> None:
-        if not self.model_dir:
+        if not self.model_dir or not self.is_chief:
             return
         if split not in self._writers:
             self._writers[split] = tf.summary.create_file_writer(os.path.join(self.model_dir, split))

@@ -36,6 +36,14 @@ class TrainConfig:
     keep_checkpoints: int = 3
     strategy: str = "default"
     num_cpu_devices: int = 1
+    worker_hosts: tuple[str, ...] = ()
+    ps_hosts: tuple[str, ...] = ()
+    chief_host: str | None = None
+    task_type: str | None = None
+    task_index: int | None = None
+    collective_timeout_s: float | None = 600
+    memory_growth: bool = False
+    visible_gpus: str | None = None
     learning_rate: float = 0.1
     lr_boundaries: tuple[float, ...] = (30.0, 45.0)
     lr_multipliers: tuple[float, ...] = (0.1, 0.01)
@@ -76,6 +84,7 @@ class TrainConfig:
         positive("checkpoint_every_steps", self.checkpoint_every_steps, allow_none=True)
         positive("keep_checkpoints", self.keep_checkpoints)
         positive("num_cpu_devices", self.num_cpu_devices)
+        positive("collective_timeout_s", self.collective_timeout_s, allow_none=True)
         positive("learning_rate", self.learning_rate)
         if not 0 <= self.momentum < 1:
             raise ValueError(f"--momentum={self.momentum} must be in [0, 1)")

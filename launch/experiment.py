@@ -9,7 +9,8 @@ import tensorflow as tf
 
 import models
 from datasets import cifar10, in_memory
-from engine import EpochInput, Trainer, configure_cpu_devices, create_strategy, piecewise_constant_by_epoch
+from engine import EpochInput, Trainer, configure_cpu_devices, create_strategy, distribution
+from engine import piecewise_constant_by_epoch
 from engine.progress import EpochProgress
 from launch.config import TrainConfig
 
@@ -46,15 +47,27 @@ def prepare(config: TrainConfig) -> Run:
         replicas, bad learning-rate boundaries, or a checkpoint in model_dir that
         does not fit the model; the message names the flag, path or value.
     """
+    cluster = distribution.cluster_from_env_or_flags(
+        worker_hosts=config.worker_hosts, ps_hosts=config.ps_hosts, chief_host=config.chief_host,
+        task_type=config.task_type, task_index=config.task_index)
+    if cluster is not None and config.strategy not in distribution.MULTI_WORKER:
+        raise ValueError(f"a cluster is given (TF_CONFIG or --worker_hosts) but --strategy={config.strategy}; "
+                         f"use one of {', '.join(distribution.MULTI_WORKER)}")
+    if cluster is not None:
+        cluster.check_port_free()
+        if config.strategy == "parameter_server" and cluster.task_type in ("worker", "ps"):
+            serve(cluster)  # Never returns: the chief (coordinator) drives the training.
     configure_cpu_devices(config.num_cpu_devices)
+    distribution.configure_gpus(memory_growth=config.memory_growth, visible=config.visible_gpus)
     if config.deterministic:
         tf.config.experimental.enable_op_determinism()
-    strategy = create_strategy(config.strategy)
+    strategy = create_strategy(config.strategy, cluster, collective_timeout_s=config.collective_timeout_s)
     replicas = strategy.num_replicas_in_sync
     global_batch = config.global_batch(replicas)
     data = cifar10.load(config.data_dir)
     steps_per_epoch = in_memory.steps_per_epoch(len(data.train.labels), global_batch)
-    EpochProgress.write(
+    say = EpochProgress.write if distribution.is_chief(strategy) else (lambda line: None)
+    say(
             f"{data.source}: {len(data.train.labels)} train, {len(data.test.labels)} test examples; "
             f"{replicas} replica(s), per-replica batch {global_batch // replicas}, global batch {global_batch}, "
             f"{steps_per_epoch} steps per epoch")
@@ -69,7 +82,7 @@ def prepare(config: TrainConfig) -> Run:
     with strategy.scope():
         model = models.build(config.model, num_classes=cifar10.NUM_CLASSES, weight_decay=config.weight_decay)
         optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum)
-    EpochProgress.write(f"model {config.model} ({model.count_params():,} parameters), SGD momentum "
+    say(f"model {config.model} ({model.count_params():,} parameters), SGD momentum "
                         f"{config.momentum}, learning rate {config.scaled_learning_rate(global_batch):g}")
     trainer = Trainer(
         model=model, optimizer=optimizer,
@@ -81,3 +94,15 @@ def prepare(config: TrainConfig) -> Run:
         best_metric=config.best_metric or None, progress=config.progress)
     trainer.restore()
     return Run(config, trainer, train_input, eval_data)
+
+
+def serve(cluster: distribution.Cluster) -> None:
+    """Runs this process as a parameter-server-training worker or ps task, forever.
+
+    The chief (coordinator) sends it work; launch.cluster ends it when the chief is
+    done. On a real cluster, the job's scheduler does.
+    """
+    EpochProgress.write(f"{cluster.task_type} {cluster.task_index} serving at {cluster.address}")
+    server = tf.distribute.Server(tf.train.ClusterSpec(cluster.spec), job_name=cluster.task_type,
+                                  task_index=cluster.task_index, protocol="grpc", start=True)
+    server.join()

@@ -29,6 +29,15 @@ def define_train_flags() -> None:
     flags.DEFINE_integer("checkpoint_every_steps", 200, "Checkpoint every this many steps, and at each epoch end.")
     flags.DEFINE_integer("keep_checkpoints", 3, "How many recent checkpoints to keep.")
     flags.DEFINE_enum("strategy", "default", list(STRATEGIES), "tf.distribute strategy.")
+    flags.DEFINE_list("worker_hosts", None, "Multi-worker: host:port of every worker (instead of TF_CONFIG).")
+    flags.DEFINE_list("ps_hosts", None, "Parameter-server training: host:port of every ps task.")
+    flags.DEFINE_string("chief_host", None, "Parameter-server training: host:port of the chief (coordinator).")
+    flags.DEFINE_string("task_type", None, "This process's job in the cluster: chief, worker or ps.")
+    flags.DEFINE_integer("task_index", None, "This process's index in its job.")
+    flags.DEFINE_float("collective_timeout_s", 600, "multi_worker_mirrored: fail a collective (a worker died) "
+                       "after this many seconds instead of waiting forever.")
+    flags.DEFINE_bool("memory_growth", False, "Allocate GPU memory as needed instead of all at start.")
+    flags.DEFINE_string("visible_gpus", None, "Comma-separated GPU indices to use (default: all).")
     flags.DEFINE_integer("num_cpu_devices", 1, "Split the CPU into this many logical devices (with "
                          "--strategy=mirrored: several replicas on a machine without GPUs).")
     flags.DEFINE_float("learning_rate", 0.1, "Learning rate at a global batch of 128; scaled linearly "

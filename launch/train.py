@@ -43,7 +43,11 @@ def config_from_flags() -> TrainConfig:
         batch_size=FLAGS.batch_size, global_batch_size=FLAGS.global_batch_size,
         epochs=FLAGS.epochs, train_steps=FLAGS.train_steps, steps_per_loop=FLAGS.steps_per_loop,
         checkpoint_every_steps=FLAGS.checkpoint_every_steps, keep_checkpoints=FLAGS.keep_checkpoints,
-        strategy=FLAGS.strategy, num_cpu_devices=FLAGS.num_cpu_devices, learning_rate=FLAGS.learning_rate,
+        strategy=FLAGS.strategy, num_cpu_devices=FLAGS.num_cpu_devices,
+        worker_hosts=tuple(FLAGS.worker_hosts or ()), ps_hosts=tuple(FLAGS.ps_hosts or ()),
+        chief_host=FLAGS.chief_host, task_type=FLAGS.task_type, task_index=FLAGS.task_index,
+        collective_timeout_s=FLAGS.collective_timeout_s, memory_growth=FLAGS.memory_growth,
+        visible_gpus=FLAGS.visible_gpus, learning_rate=FLAGS.learning_rate,
         lr_boundaries=parse_floats("lr_boundaries", FLAGS.lr_boundaries),
         lr_multipliers=parse_floats("lr_multipliers", FLAGS.lr_multipliers),
         momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay, seed=FLAGS.seed,
@@ -64,7 +68,19 @@ def main(argv: list[str]) -> None:
     except ValueError as e:
         # Bad input: one clear line, nothing trained or written.
         sys.exit(f"launch.train: error: {e}")
-    run.train()  # On SIGTERM/SIGINT it checkpoints and returns: exit status 0.
+    import tensorflow as tf
+
+    try:
+        run.train()  # On SIGTERM/SIGINT it checkpoints and returns: exit status 0.
+    except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
+            tf.errors.InternalError) as e:
+        if not run.trainer._multi_worker:
+            raise
+        # A peer died or stopped answering: say so in one line, not a graph trace.
+        first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        latest = run.trainer.checkpointer.latest if run.trainer.checkpointer else None
+        sys.exit(f"launch.train: error: another task of the cluster failed or stopped answering "
+                 f"({type(e).__name__}: {first}); rerun the job to resume from {latest or 'the start'}")
 
 
 if __name__ == "__main__":

@@ -13,7 +13,7 @@ def _config(tmp_path, **overrides):
     ({"epochs": -1}, "--epochs=-1 must be positive"),
     ({"train_steps": 0}, "--train_steps=0 must be positive"),
     ({"model": "resnet19"}, "--model='resnet19' is not a known model"),
-    ({"strategy": "tpu"}, "--strategy='tpu' is not known"),
+    ({"strategy": "horovod"}, "--strategy='horovod' is not known"),
     ({"lr_boundaries": (1.0,), "lr_multipliers": (0.1, 0.01)}, "one multiplier per boundary"),
     ({"data_dir": "/no/such/folder"}, "--data_dir=/no/such/folder does not exist"),
 ])
