@@ -92,13 +92,15 @@ def train_dataset_fn(
     return dataset_fn
 
 
-def eval_dataset(images: np.ndarray, labels: np.ndarray, *, global_batch_size: int) -> tf.data.Dataset:
+def eval_dataset(images: np.ndarray, labels: np.ndarray, *, global_batch_size: int,
+                 mean=augment.CIFAR10_MEAN, std=augment.CIFAR10_STD) -> tf.data.Dataset:
     """Evaluation pipeline: every example once, in order, the last partial batch kept.
 
     Args:
       images: uint8 [N, height, width, 3].
       labels: int32 [N].
       global_batch_size: examples per batch over all replicas.
+      mean, std: per-channel normalisation (see augment.normalize).
 
     Returns:
       tf.data.Dataset of (float32 [<=GB, h, w, 3], int32 [<=GB]), for
@@ -106,4 +108,5 @@ def eval_dataset(images: np.ndarray, labels: np.ndarray, *, global_batch_size: i
     """
     ds = tf.data.Dataset.from_tensor_slices((images, labels.astype(np.int32)))
     ds = ds.batch(global_batch_size, drop_remainder=False)
-    return ds.map(lambda x, y: (augment.normalize(x), y), num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    return ds.map(lambda x, y: (augment.normalize(x, mean, std), y),
+                  num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
 
 import keras
 import tensorflow as tf
 
 import models
-from datasets import cifar10, in_memory
+from datasets import augment, cifar10, in_memory
 from engine import EpochInput, Trainer, configure_cpu_devices, create_strategy, distribution
 from engine import piecewise_constant_by_epoch
 from engine.progress import EpochProgress
@@ -93,7 +95,69 @@ def prepare(config: TrainConfig) -> Run:
         nonfinite_action=config.nonfinite_action, rollback_lr_factor=config.rollback_lr_factor,
         best_metric=config.best_metric or None, progress=config.progress)
     trainer.restore()
+    if trainer.is_chief:
+        save_run_files(config.model_dir, model, image_shape=data.train.images.shape[1:],
+                       class_names=cifar10.CLASS_NAMES)
     return Run(config, trainer, train_input, eval_data)
+
+
+RUN_JSON = "run.json"
+MODEL_FILE = "model.keras"
+
+
+def save_run_files(model_dir: str, model: keras.Model, *, image_shape, class_names) -> None:
+    """Writes what export, predict and evaluate need beside the checkpoints.
+
+    `model.keras` holds the architecture (its weights come from a checkpoint) and
+    `run.json` the input shape, class names and normalisation of the run.
+    """
+    os.makedirs(model_dir, exist_ok=True)
+    model.save(os.path.join(model_dir, MODEL_FILE))
+    info = {"image_shape": [int(d) for d in image_shape], "class_names": list(class_names),
+            "normalize": {"mean": list(augment.CIFAR10_MEAN), "std": list(augment.CIFAR10_STD)}}
+    with open(os.path.join(model_dir, RUN_JSON), "w") as f:
+        json.dump(info, f, indent=1)
+
+
+def load_trained(model_dir: str, checkpoint: str = "latest") -> tuple[keras.Model, dict, str]:
+    """Rebuilds a run's model with the weights of its latest or best checkpoint.
+
+    Args:
+      model_dir: a launch.train --model_dir.
+      checkpoint: "latest", "best", or a checkpoint path prefix.
+
+    Returns:
+      (model, run info from run.json, path of the checkpoint restored).
+
+    Raises:
+      ValueError: naming the file or checkpoint that is missing.
+    """
+    for name in (MODEL_FILE, RUN_JSON):
+        if not os.path.isfile(os.path.join(model_dir, name)):
+            raise ValueError(f"--model_dir={model_dir} has no {name}: is it a launch.train model_dir?")
+    with open(os.path.join(model_dir, RUN_JSON)) as f:
+        info = json.load(f)
+    model = keras.models.load_model(os.path.join(model_dir, MODEL_FILE), compile=False)
+    if checkpoint == "latest":
+        path = tf.train.latest_checkpoint(model_dir)
+    elif checkpoint == "best":
+        best = os.path.join(model_dir, "best", "best.json")
+        if not os.path.isfile(best):
+            raise ValueError(f"--model_dir={model_dir} has no best checkpoint ({best} is missing)")
+        with open(best) as f:
+            path = os.path.join(model_dir, "best", json.load(f)["checkpoint"])
+    else:
+        path = checkpoint
+    if not path or not tf.io.gfile.exists(path + ".index"):
+        raise ValueError(f"no checkpoint {checkpoint!r} in {model_dir}")
+    tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
+    return model, info, path
+
+
+def normalizer(info: dict):
+    """The run's preprocessing: uint8 images -> normalised float32."""
+    mean, std = info["normalize"]["mean"], info["normalize"]["std"]
+    return lambda images: augment.normalize(images, mean, std)
 
 
 def serve(cluster: distribution.Cluster) -> None:

@@ -1,12 +1,13 @@
-"""Keras model builders: config in, keras.Model out."""
+"""Keras model builders: config in, keras.Model out, looked up by name."""
 
 from __future__ import annotations
 
 import keras
 
 from models.resnet_cifar import DEPTHS, resnet_cifar
+from models.small import mlp, small_cnn
 
-MODEL_NAMES = tuple(DEPTHS)
+MODEL_NAMES = (*DEPTHS, "small_cnn", "mlp")
 
 
 def build(name: str, *, num_classes: int = 10, input_shape=(32, 32, 3),
@@ -14,7 +15,7 @@ def build(name: str, *, num_classes: int = 10, input_shape=(32, 32, 3),
     """Builds a registered model by name.
 
     Args:
-      name: one of MODEL_NAMES ("resnet20" ... "resnet110").
+      name: one of MODEL_NAMES ("resnet20" ... "resnet110", "small_cnn", "mlp").
       num_classes: number of output logits.
       input_shape: (height, width, channels) of one example.
       weight_decay: weight decay of conv and dense kernels (see resnet_cifar).
@@ -25,7 +26,11 @@ def build(name: str, *, num_classes: int = 10, input_shape=(32, 32, 3),
     Raises:
       ValueError: if the name is unknown; the message lists the known names.
     """
-    if name not in DEPTHS:
-        raise ValueError(f"--model={name!r} is not a known model; choose one of {', '.join(MODEL_NAMES)}")
-    return resnet_cifar(DEPTHS[name], num_classes=num_classes, input_shape=input_shape,
-                        weight_decay=weight_decay)
+    if name in DEPTHS:
+        return resnet_cifar(DEPTHS[name], num_classes=num_classes, input_shape=input_shape,
+                            weight_decay=weight_decay)
+    if name == "small_cnn":
+        return small_cnn(num_classes=num_classes, input_shape=input_shape, weight_decay=weight_decay)
+    if name == "mlp":
+        return mlp(num_classes=num_classes, input_shape=input_shape, weight_decay=weight_decay)
+    raise ValueError(f"--model={name!r} is not a known model; choose one of {', '.join(MODEL_NAMES)}")

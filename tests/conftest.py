@@ -24,7 +24,12 @@ def cifar10_dir():
     return CIFAR10_DIR
 
 
-@pytest.fixture
+@pytest.fixture(scope="session")
 def two_replicas():
-    """MirroredStrategy over the two logical CPU devices."""
+    """MirroredStrategy over the two logical CPU devices, one for the whole session.
+
+    Several MirroredStrategy objects in one process can reuse collective instance
+    keys, and their all-reduces then fail with "Shape mismatch in the collective
+    instance" (seen with TF 2.21 on logical CPU devices).
+    """
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])

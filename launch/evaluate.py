@@ -1,0 +1,49 @@
+"""Evaluates the latest or best checkpoint of a run on the CIFAR-10 test split.
+
+    python -m launch.evaluate --model_dir=/tmp/cifar10_resnet --data_dir=../shared/data/cifar10 [--checkpoint=best]
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("model_dir", None, "A launch.train --model_dir.", required=True)
+flags.DEFINE_string("data_dir", None, "CIFAR-10 folder (see launch.train); Keras's cache when unset.")
+flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint path prefix.")
+flags.DEFINE_integer("batch_size", 500, "Evaluation batch.", lower_bound=1)
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    import keras
+
+    from datasets import cifar10
+    from engine import Trainer
+    from launch import experiment
+
+    try:
+        model, info, path = experiment.load_trained(FLAGS.model_dir, FLAGS.checkpoint)
+        data = cifar10.load(FLAGS.data_dir)
+    except ValueError as e:
+        sys.exit(f"launch.evaluate: error: {e}")
+    mean, std = info["normalize"]["mean"], info["normalize"]["std"]
+    from datasets import in_memory
+
+    eval_data = in_memory.eval_dataset(data.test.images, data.test.labels, global_batch_size=FLAGS.batch_size,
+                                       mean=mean, std=std)
+    trainer = Trainer(model=model, optimizer=keras.optimizers.SGD(), global_batch_size=FLAGS.batch_size,
+                      loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
+                      progress=False)
+    results = trainer.evaluate(eval_data)
+    print(f"{path}: " + " ".join(f"eval_{k}={v:.4f}" for k, v in results.items()) +
+          f" on {len(data.test.labels)} test examples")
+
+
+if __name__ == "__main__":
+    app.run(main)

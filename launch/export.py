@@ -1,0 +1,39 @@
+"""Exports a trained run as a SavedModel that takes uint8 images.
+
+    python -m launch.export --model_dir=/tmp/cifar10_resnet --output=/tmp/export [--checkpoint=best]
+
+The serving signature takes `images` uint8 [N, 32, 32, 3], normalises them as the
+run did, and returns `classes`, `probabilities` and `class_names`.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("model_dir", None, "A launch.train --model_dir.", required=True)
+flags.DEFINE_string("output", None, "Folder to write the SavedModel to.", required=True)
+flags.DEFINE_string("checkpoint", "latest", "latest, best, or a checkpoint path prefix.")
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    from engine.export import export_classifier
+    from launch import experiment
+
+    try:
+        model, info, path = experiment.load_trained(FLAGS.model_dir, FLAGS.checkpoint)
+    except ValueError as e:
+        sys.exit(f"launch.export: error: {e}")
+    export_classifier(model, FLAGS.output, preprocess=experiment.normalizer(info),
+                      image_shape=info["image_shape"], class_names=info["class_names"])
+    print(f"exported {path} to {FLAGS.output}")
+
+
+if __name__ == "__main__":
+    app.run(main)

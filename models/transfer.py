@@ -1,0 +1,152 @@
+"""Transfer learning: a frozen backbone (keras.applications or a saved model) and a new head.
+
+The recipe of the TF2 transfer-learning tutorial: restore a pretrained backbone
+without its top, freeze it, and add global average pooling, dropout and a dense
+classifier. The backbone is called with training=False, so its BatchNorm layers
+keep their moving statistics (inference mode) even while the head trains, and
+later while its top layers are fine-tuned (Keras's transfer-learning guide).
+"""
+
+from __future__ import annotations
+
+import os
+
+import keras
+from keras import layers
+
+# keras.applications constructors by name (include_top=False is always passed).
+APPLICATIONS = {
+    "ResNet50": keras.applications.ResNet50,
+    "ResNet101": keras.applications.ResNet101,
+    "MobileNetV2": keras.applications.MobileNetV2,
+    "InceptionV3": keras.applications.InceptionV3,
+    "EfficientNetB0": keras.applications.EfficientNetB0,
+    "VGG16": keras.applications.VGG16,
+    "DenseNet121": keras.applications.DenseNet121,
+}
+
+
+def applications_backbone(name: str, *, input_shape=(224, 224, 3), weights: str | None = "imagenet",
+                          **kwargs) -> keras.Model:
+    """A keras.applications network without its classifier.
+
+    Args:
+      name: a key of APPLICATIONS, e.g. "ResNet50", "MobileNetV2".
+      input_shape: (height, width, 3) it will be fed.
+      weights: "imagenet" (downloaded to ~/.keras/models), None (random), or the
+        path of a local weights file for this architecture without its top.
+      **kwargs: passed on (e.g. alpha=0.35 for MobileNetV2).
+
+    Returns:
+      keras.Model: images [batch, h, w, 3] (preprocessed the way the application
+      expects) -> feature map [batch, h', w', channels].
+
+    Raises:
+      ValueError: unknown name, a weights path that does not exist, or a failed
+        ImageNet download (offline); the message says how to pass a local file.
+    """
+    if name not in APPLICATIONS:
+        raise ValueError(f"--backbone={name!r} is not a known keras.applications network; "
+                         f"choose one of {', '.join(APPLICATIONS)}")
+    if weights not in (None, "imagenet") and not os.path.isfile(weights):
+        raise ValueError(f"--backbone_weights={weights} does not exist")
+    try:
+        return APPLICATIONS[name](include_top=False, weights=weights, input_shape=tuple(input_shape), **kwargs)
+    except Exception as e:  # Download failures come as URLError, OSError, Exception.
+        if weights != "imagenet":
+            raise
+        raise ValueError(f"could not fetch ImageNet weights for {name} ({type(e).__name__}: {e}); offline, "
+                         "pass a local weights file with --backbone_weights=<path.h5> (the *_notop file of "
+                         "keras.applications)") from e
+
+
+def saved_backbone(path: str, cut: str | int | None = None) -> keras.Model:
+    """A backbone loaded from a saved model, cut at one layer.
+
+    Args:
+      path: a `.keras` or `.h5` file (or a SavedModel folder, used whole).
+      cut: the layer whose output becomes the backbone's output: its name
+        (e.g. "mixed7") or index (e.g. -3, as the tutorials cut at layers[-3]);
+        None keeps the whole model.
+
+    Returns:
+      keras.Model from the saved model's inputs to that layer's output.
+
+    Raises:
+      ValueError: if the path does not exist, the layer is not found, or a cut is
+        asked of a SavedModel (which has no layers to cut at).
+    """
+    if not os.path.exists(path):
+        raise ValueError(f"--backbone={path} does not exist")
+    if os.path.isdir(path):
+        if cut is not None:
+            raise ValueError(f"--backbone={path} is a SavedModel, which cannot be cut at a layer; "
+                             "save it as .keras to cut it")
+        return keras.Sequential([keras.layers.TFSMLayer(path, call_endpoint="serving_default")])
+    model = keras.models.load_model(path, compile=False)
+    if cut is None:
+        return model
+    try:
+        layer = model.get_layer(cut) if isinstance(cut, str) else model.layers[cut]
+    except (ValueError, IndexError):
+        names = ", ".join(l.name for l in model.layers[-5:])
+        raise ValueError(f"--backbone_cut={cut!r} is not a layer of {path} (its last layers: {names})") from None
+    return keras.Model(model.inputs, layer.output, name=f"{model.name}_to_{layer.name}")
+
+
+def parse_cut(text: str | None) -> str | int | None:
+    """A layer index if the text is an integer ("-3"), else the layer name, else None."""
+    if not text:
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return text
+
+
+def transfer_model(backbone: keras.Model, *, num_classes: int, input_shape=None, resize_to=None,
+                   dropout: float = 0.5, name: str = "transfer") -> keras.Model:
+    """Frozen backbone -> global average pooling -> dropout -> dense logits.
+
+    Args:
+      backbone: its weights are frozen (trainable=False) and it runs in inference
+        mode (training=False), BatchNorm included.
+      num_classes: output logits.
+      input_shape: (h, w, c) of the images fed; the backbone's own when None.
+      resize_to: (h, w) to resize inputs to before the backbone (small images into
+        a large backbone), or None.
+      dropout: dropout rate before the classifier.
+
+    Returns:
+      keras.Model: images [batch, *input_shape] -> logits [batch, num_classes].
+    """
+    backbone.trainable = False
+    input_shape = tuple(input_shape or backbone.input_shape[1:])
+    inputs = keras.Input(input_shape, name="images")
+    x = layers.Resizing(*resize_to, name="resize")(inputs) if resize_to else inputs
+    x = backbone(x, training=False)
+    if len(x.shape) == 4:
+        x = layers.GlobalAveragePooling2D(name="avg_pool")(x)  # [batch, channels]
+    x = layers.Dropout(dropout, name="dropout")(x)
+    outputs = layers.Dense(num_classes, name="logits")(x)
+    return keras.Model(inputs, outputs, name=name)
+
+
+def unfreeze_top(backbone: keras.Model, num_layers: int) -> list[str]:
+    """Makes the top `num_layers` layers of the backbone trainable, BatchNorm excepted.
+
+    For fine-tuning after the head has trained; recompile the step functions (a new
+    Trainer) and use a lower learning rate. BatchNorm layers stay frozen, and the
+    backbone keeps running in inference mode.
+
+    Returns:
+      Names of the layers made trainable.
+    """
+    backbone.trainable = True
+    names = []
+    for i, layer in enumerate(backbone.layers):
+        top = i >= len(backbone.layers) - num_layers
+        layer.trainable = top and not isinstance(layer, layers.BatchNormalization)
+        if layer.trainable and layer.weights:
+            names.append(layer.name)
+    return names
