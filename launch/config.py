@@ -27,6 +27,14 @@ class TrainConfig:
     data_dir: str | None
     model_dir: str
     model: str = "resnet56"
+    backbone: str | None = None
+    backbone_weights: str | None = "imagenet"
+    backbone_cut: str | None = None
+    resize_to: tuple[int, ...] = ()
+    dropout: float = 0.5
+    finetune_after_epochs: float | None = None
+    finetune_layers: int = 20
+    finetune_lr_factor: float = 0.1
     batch_size: int = 128
     global_batch_size: int | None = None
     epochs: float = 60
@@ -75,6 +83,19 @@ class TrainConfig:
             raise ValueError(f"--model={self.model!r} is not a known model; choose one of {', '.join(MODEL_NAMES)}")
         if self.strategy not in STRATEGIES:
             raise ValueError(f"--strategy={self.strategy!r} is not known; choose one of {', '.join(STRATEGIES)}")
+        if self.resize_to and len(self.resize_to) != 2:
+            raise ValueError(f"--resize_to={','.join(map(str, self.resize_to))} must be height,width")
+        if not 0 <= self.dropout < 1:
+            raise ValueError(f"--dropout={self.dropout:g} must be in [0, 1)")
+        if self.finetune_after_epochs is not None:
+            if not self.backbone:
+                raise ValueError("--finetune_after_epochs needs --backbone")
+            positive("finetune_after_epochs", self.finetune_after_epochs)
+            positive("finetune_layers", self.finetune_layers)
+            if self.train_steps is None and self.finetune_after_epochs >= self.epochs:
+                raise ValueError(f"--finetune_after_epochs={self.finetune_after_epochs:g} leaves no epochs of "
+                                 f"--epochs={self.epochs:g} to fine-tune")
+        positive("finetune_lr_factor", self.finetune_lr_factor)
         positive("batch_size", self.batch_size)
         positive("global_batch_size", self.global_batch_size, allow_none=True)
         positive("train_steps", self.train_steps, allow_none=True)

@@ -11,6 +11,7 @@ import tensorflow as tf
 
 import models
 from datasets import augment, cifar10, in_memory
+from models import transfer
 from engine import EpochInput, Trainer, configure_cpu_devices, create_strategy, distribution
 from engine import piecewise_constant_by_epoch
 from engine.progress import EpochProgress
@@ -32,11 +33,39 @@ class Run:
     trainer: Trainer
     train_input: EpochInput
     eval_data: tf.data.Dataset
+    backbone: keras.Model | None = None  # set when the run fine-tunes it later
+    schedule: object = None
 
     def train(self) -> dict[str, list[float]]:
-        """Trains to the configured end, evaluating each epoch; returns the history."""
-        return self.trainer.fit(self.train_input, self.eval_data,
-                                epochs=self.config.epochs, train_steps=self.config.train_steps)
+        """Trains to the configured end, evaluating each epoch; returns the history.
+
+        With --finetune_after_epochs: the head trains first; then the top
+        --finetune_layers of the backbone are unfrozen and training goes on, in
+        <model_dir>/finetune with a fresh optimizer at a constant --finetune_lr_factor
+        times the learning rate of the switch, for the remaining epochs.
+        """
+        config = self.config
+        if self.backbone is None:
+            return self.trainer.fit(self.train_input, self.eval_data, epochs=config.epochs,
+                                    train_steps=config.train_steps)
+        spe = self.train_input.steps_per_epoch
+        total = config.train_steps or int(round(config.epochs * spe))
+        head_steps = min(total, int(round(config.finetune_after_epochs * spe)))
+        history = self.trainer.fit(self.train_input, self.eval_data, train_steps=head_steps)
+        if self.trainer.stopped_by or head_steps >= total:
+            return history
+        model, strategy = self.trainer.model, self.trainer.strategy
+        names = transfer.unfreeze_top(self.backbone, config.finetune_layers)
+        EpochProgress.write(f"fine-tuning {len(names)} backbone layers ({', '.join(names[-3:])}, ...) at "
+                            f"{config.finetune_lr_factor:g} x the learning rate")
+        rate = self.schedule(head_steps) if callable(self.schedule) else self.schedule
+        with strategy.scope():
+            optimizer = keras.optimizers.SGD(learning_rate=config.finetune_lr_factor * float(rate),
+                                             momentum=config.momentum)
+        finetune = _trainer(config, model, optimizer, strategy, self.trainer.global_batch_size,
+                            os.path.join(config.model_dir, "finetune"))
+        more = finetune.fit(self.train_input, self.eval_data, train_steps=total - head_steps)
+        return {k: history.get(k, []) + more.get(k, []) for k in {*history, *more}}
 
 
 def prepare(config: TrainConfig) -> Run:
@@ -82,23 +111,49 @@ def prepare(config: TrainConfig) -> Run:
                                            config.lr_multipliers, steps_per_epoch)
     keras.utils.set_random_seed(config.seed)
     with strategy.scope():
-        model = models.build(config.model, num_classes=cifar10.NUM_CLASSES, weight_decay=config.weight_decay)
+        model, backbone = _build_model(config, data.train.images.shape[1:])
         optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum)
-    say(f"model {config.model} ({model.count_params():,} parameters), SGD momentum "
-                        f"{config.momentum}, learning rate {config.scaled_learning_rate(global_batch):g}")
-    trainer = Trainer(
-        model=model, optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
-        global_batch_size=global_batch, strategy=strategy, model_dir=config.model_dir,
-        steps_per_loop=config.steps_per_loop, checkpoint_every_steps=config.checkpoint_every_steps,
-        keep_checkpoints=config.keep_checkpoints, nonfinite_limit=config.nonfinite_limit or None,
-        nonfinite_action=config.nonfinite_action, rollback_lr_factor=config.rollback_lr_factor,
-        best_metric=config.best_metric or None, progress=config.progress)
+    say(f"model {config.backbone or config.model} ({model.count_params():,} parameters, "
+        f"{sum(int(v.numpy().size) for v in model.trainable_variables):,} trainable), SGD momentum "
+        f"{config.momentum}, learning rate {config.scaled_learning_rate(global_batch):g}")
+    finetuning = config.finetune_after_epochs is not None
+    trainer = _trainer(config, model, optimizer, strategy, global_batch)
     trainer.restore()
     if trainer.is_chief:
         save_run_files(config.model_dir, model, image_shape=data.train.images.shape[1:],
                        class_names=cifar10.CLASS_NAMES)
-    return Run(config, trainer, train_input, eval_data)
+    return Run(config, trainer, train_input, eval_data, backbone=backbone if finetuning else None,
+               schedule=schedule)
+
+
+def _trainer(config: TrainConfig, model, optimizer, strategy, global_batch: int, model_dir: str | None = None):
+    return Trainer(
+        model=model, optimizer=optimizer,
+        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
+        global_batch_size=global_batch, strategy=strategy, model_dir=model_dir or config.model_dir,
+        steps_per_loop=config.steps_per_loop, checkpoint_every_steps=config.checkpoint_every_steps,
+        keep_checkpoints=config.keep_checkpoints, nonfinite_limit=config.nonfinite_limit or None,
+        nonfinite_action=config.nonfinite_action, rollback_lr_factor=config.rollback_lr_factor,
+        best_metric=config.best_metric or None, progress=config.progress)
+
+
+def _build_model(config: TrainConfig, image_shape) -> tuple[keras.Model, keras.Model | None]:
+    """The --model network, or a transfer model on --backbone; returns (model, backbone or None)."""
+    if not config.backbone:
+        return models.build(config.model, num_classes=cifar10.NUM_CLASSES, weight_decay=config.weight_decay), None
+    preprocess = []
+    if config.backbone in transfer.APPLICATIONS:
+        shape = (*(config.resize_to or image_shape[:2]), 3)
+        backbone = transfer.applications_backbone(config.backbone, input_shape=shape, weights=config.backbone_weights)
+        # The pipeline standardises images; the application wants its own preprocessing of [0, 255] pixels.
+        preprocess = [keras.layers.Normalization(mean=augment.CIFAR10_MEAN,
+                                                 variance=[s * s for s in augment.CIFAR10_STD], invert=True),
+                      transfer.ApplicationPreprocess(config.backbone)]
+    else:
+        backbone = transfer.saved_backbone(config.backbone, transfer.parse_cut(config.backbone_cut))
+    model = transfer.transfer_model(backbone, num_classes=cifar10.NUM_CLASSES, input_shape=tuple(image_shape),
+                                    resize_to=config.resize_to or None, dropout=config.dropout, preprocess=preprocess)
+    return model, backbone
 
 
 RUN_JSON = "run.json"

@@ -20,6 +20,16 @@ def define_train_flags() -> None:
     flags.DEFINE_string("model_dir", "/tmp/cifar10_model", "Checkpoints and TensorBoard summaries; "
                         "a rerun with the same folder resumes.")
     flags.DEFINE_enum("model", "resnet56", list(MODEL_NAMES), "Network.")
+    flags.DEFINE_string("backbone", None, "Transfer learning: a keras.applications name (ResNet50, MobileNetV2, "
+                        "...) or a saved .keras/.h5/SavedModel path; frozen, with a new head. Replaces --model.")
+    flags.DEFINE_string("backbone_weights", "imagenet", "keras.applications weights: imagenet, none, or a file.")
+    flags.DEFINE_string("backbone_cut", None, "Saved backbone: layer name (e.g. mixed7) or index (e.g. -3) to cut at.")
+    flags.DEFINE_list("resize_to", None, "Resize inputs to height,width before the backbone.")
+    flags.DEFINE_float("dropout", 0.5, "Dropout before the transfer head.")
+    flags.DEFINE_float("finetune_after_epochs", None, "Transfer learning: after this many epochs, unfreeze "
+                       "--finetune_layers top layers of the backbone and go on at a lower learning rate.")
+    flags.DEFINE_integer("finetune_layers", 20, "Top backbone layers to unfreeze for fine-tuning (BatchNorm stays frozen).")
+    flags.DEFINE_float("finetune_lr_factor", 0.1, "Learning-rate factor for the fine-tuning phase.")
     flags.DEFINE_integer("batch_size", 128, "Per-replica batch; the global batch is this times the replicas.")
     flags.DEFINE_integer("global_batch_size", None, "Global batch over all replicas, instead of --batch_size; "
                          "must be divisible by the replicas.")

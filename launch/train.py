@@ -40,6 +40,11 @@ def config_from_flags() -> TrainConfig:
     """Builds the validated TrainConfig from the parsed FLAGS."""
     return TrainConfig(
         data_dir=FLAGS.data_dir, model_dir=FLAGS.model_dir, model=FLAGS.model,
+        backbone=FLAGS.backbone, backbone_cut=FLAGS.backbone_cut, dropout=FLAGS.dropout,
+        backbone_weights=None if (FLAGS.backbone_weights or "none").lower() == "none" else FLAGS.backbone_weights,
+        resize_to=tuple(int(v) for v in parse_floats("resize_to", FLAGS.resize_to)),
+        finetune_after_epochs=FLAGS.finetune_after_epochs, finetune_layers=FLAGS.finetune_layers,
+        finetune_lr_factor=FLAGS.finetune_lr_factor,
         batch_size=FLAGS.batch_size, global_batch_size=FLAGS.global_batch_size,
         epochs=FLAGS.epochs, train_steps=FLAGS.train_steps, steps_per_loop=FLAGS.steps_per_loop,
         checkpoint_every_steps=FLAGS.checkpoint_every_steps, keep_checkpoints=FLAGS.keep_checkpoints,

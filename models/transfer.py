@@ -26,6 +26,41 @@ APPLICATIONS = {
 }
 
 
+# Each application's own input preprocessing (pixels in [0, 255] in, what its
+# ImageNet weights expect out).
+_PREPROCESS = {
+    "ResNet50": keras.applications.resnet50.preprocess_input,
+    "ResNet101": keras.applications.resnet.preprocess_input,
+    "MobileNetV2": keras.applications.mobilenet_v2.preprocess_input,
+    "InceptionV3": keras.applications.inception_v3.preprocess_input,
+    "EfficientNetB0": keras.applications.efficientnet.preprocess_input,
+    "VGG16": keras.applications.vgg16.preprocess_input,
+    "DenseNet121": keras.applications.densenet.preprocess_input,
+}
+
+
+@keras.saving.register_keras_serializable(package="models")
+class ApplicationPreprocess(layers.Layer):
+    """The `preprocess_input` of a keras.applications network, as a layer.
+
+    Input float [batch, h, w, 3] RGB pixels in [0, 255]; output as the application
+    expects (e.g. caffe-style BGR mean subtraction for ResNet50, [-1, 1] for
+    MobileNetV2). A layer, so it is saved with the model and runs in exports.
+    """
+
+    def __init__(self, application: str, **kwargs):
+        super().__init__(**kwargs)
+        if application not in _PREPROCESS:
+            raise ValueError(f"no preprocessing known for {application!r}")
+        self.application = application
+
+    def call(self, x):
+        return _PREPROCESS[self.application](x)
+
+    def get_config(self):
+        return {**super().get_config(), "application": self.application}
+
+
 def applications_backbone(name: str, *, input_shape=(224, 224, 3), weights: str | None = "imagenet",
                           **kwargs) -> keras.Model:
     """A keras.applications network without its classifier.
@@ -105,7 +140,7 @@ def parse_cut(text: str | None) -> str | int | None:
 
 
 def transfer_model(backbone: keras.Model, *, num_classes: int, input_shape=None, resize_to=None,
-                   dropout: float = 0.5, name: str = "transfer") -> keras.Model:
+                   dropout: float = 0.5, preprocess=(), name: str = "transfer") -> keras.Model:
     """Frozen backbone -> global average pooling -> dropout -> dense logits.
 
     Args:
@@ -116,6 +151,8 @@ def transfer_model(backbone: keras.Model, *, num_classes: int, input_shape=None,
       resize_to: (h, w) to resize inputs to before the backbone (small images into
         a large backbone), or None.
       dropout: dropout rate before the classifier.
+      preprocess: Keras layers applied (in order, after any resize) before the
+        backbone, e.g. un-normalising and an ApplicationPreprocess.
 
     Returns:
       keras.Model: images [batch, *input_shape] -> logits [batch, num_classes].
@@ -124,6 +161,8 @@ def transfer_model(backbone: keras.Model, *, num_classes: int, input_shape=None,
     input_shape = tuple(input_shape or backbone.input_shape[1:])
     inputs = keras.Input(input_shape, name="images")
     x = layers.Resizing(*resize_to, name="resize")(inputs) if resize_to else inputs
+    for layer in preprocess:
+        x = layer(x)
     x = backbone(x, training=False)
     if len(x.shape) == 4:
         x = layers.GlobalAveragePooling2D(name="avg_pool")(x)  # [batch, channels]
