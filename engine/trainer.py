@@ -419,6 +419,7 @@ class Trainer:
         first_loop = True
         # A signal to one worker must not stop its loop alone (the others would wait
         # in a collective forever), so multi-worker runs leave signals as they are.
+        preemption = self._preemption_handler()
         with (self._stop if not self._multi_worker else contextlib.nullcontext()):
             while step < total and not self.stopped_by:
                 epoch, start = divmod(step, steps_per_epoch)
@@ -455,6 +456,8 @@ class Trainer:
                             break
                         if self.checkpoint_every_steps and step % self.checkpoint_every_steps == 0:
                             self._save(step)
+                        if preemption:  # All workers call it at the same steps, as it requires.
+                            preemption.save_checkpoint_if_preempted()
                 finally:
                     bar.close()
                 if rolled_back:
@@ -483,6 +486,34 @@ class Trainer:
         return history
 
     # --- Eager helpers ----------------------------------------------------------------
+
+    def _preemption_handler(self):
+        """TF's PreemptionCheckpointHandler for multi_worker_mirrored runs, else None.
+
+        A SIGTERM to any worker makes all of them checkpoint at the same step (through
+        the coordination service) and exit with status 0; rerunning resumes there.
+        """
+        if not (self._multi_worker and self.checkpointer and
+                isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)):
+            return None
+
+        meta = os.path.join(self.model_dir, ".preemption")
+
+        def save():
+            path = self._save(self.global_step)
+            if not self.is_chief:
+                # The handler deletes a non-chief's own temporary folder after save_fn.
+                os.makedirs(os.path.join(meta, f"workertemp_{distribution.worker_index(self.strategy)}"),
+                            exist_ok=True)
+            if self.is_chief:
+                EpochProgress.write(f"preempted: checkpoint {path} at step {self.global_step}; "
+                                    "rerun the job to resume")
+
+        config = tf.distribute.experimental.TerminationConfig(exit_fn=lambda: os._exit(0), save_fn=save,
+                                                             grace_period=0)
+        # Its own folder only records its bookkeeping; the checkpoints are ours.
+        return tf.distribute.experimental.PreemptionCheckpointHandler(
+            self.strategy.cluster_resolver, tf.train.Checkpoint(), checkpoint_dir=meta, termination_config=config)
 
     def _run_loop(self, iterator, num_steps: int) -> None:
         if not self._coordinator:

@@ -89,3 +89,33 @@ def test_a_dead_worker_ends_the_other_with_an_error(tiny_cifar, tmp_path):
                 p.kill()
     assert "launch.train: error: another task of the cluster failed or stopped answering" in stderr, stderr[-3000:]
     assert "rerun the job to resume from" in stderr
+
+
+def test_sigterm_to_one_worker_checkpoints_all_at_one_step_and_exits_0(tiny_cifar, tmp_path):
+    spec = cluster_spec(2, 0)
+    model_dir = tmp_path / "preempt"
+    procs = []
+    for index in range(2):
+        env = dict(os.environ, TF_CONFIG=f'{{"cluster": {{"worker": {spec["worker"]}}}, '
+                                         f'"task": {{"type": "worker", "index": {index}}}}}'.replace("'", '"'))
+        args = [sys.executable, "-m", "launch.train", "--flagfile=launch/cifar.flags", f"--data_dir={tiny_cifar}",
+                f"--model_dir={model_dir}", "--model=resnet20", "--batch_size=16", "--steps_per_loop=1",
+                "--checkpoint_every_steps=1000", "--epochs=1000", "--noprogress", "--strategy=multi_worker_mirrored"]
+        procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                      text=True))
+    try:
+        deadline = time.time() + 180
+        while not (model_dir / "train").exists():
+            assert time.time() < deadline and all(p.poll() is None for p in procs)
+            time.sleep(0.2)
+        procs[1].send_signal(signal.SIGTERM)  # the non-chief is preempted
+        outputs = [p.communicate(timeout=120)[1] for p in procs]
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
+    line = [l for l in outputs[0].splitlines() if l.startswith("preempted: checkpoint")]
+    assert len(line) == 1, outputs[0][-3000:]
+    step = int(line[0].split("at step ")[1].split(";")[0])
+    assert (model_dir / f"ckpt-{step}.index").exists() and step % 20 != 0  # mid-epoch, not an epoch-end save
