@@ -232,8 +232,8 @@ class Trainer:
             self.optimizer.apply_gradients(zip(grads, variables))
             finite = tf.constant(True)
         else:
-            finite = tf.logical_and(tf.reduce_all(tf.math.is_finite(loss)),
-                                    tf.reduce_all([tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]))
+            grads_finite = [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
+            finite = tf.logical_and(tf.reduce_all(tf.math.is_finite(loss)), tf.reduce_all(grads_finite))
             self._apply_if_all_finite(finite, grads, variables)
         # A skipped step leaves the metrics alone, so one NaN does not poison the epoch.
         weight = tf.cast(finite, tf.float32)

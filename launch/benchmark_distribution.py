@@ -58,7 +58,8 @@ def main(argv: list[str]) -> None:
             results[name] = measure(kind, extra, model_dir)
         print(f"{name:48s} {results[name]:8.0f} examples/s", flush=True)
     base = results[CONFIGS[0][0]]
-    print("ratios to 1 replica: " + ", ".join(f"{name.split(' (')[0]}={rate / base:.2f}" for name, rate in results.items()))
+    ratios = ", ".join(f"{name.split(' (')[0]}={rate / base:.2f}" for name, rate in results.items())
+    print(f"ratios to 1 replica: {ratios}")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,8 @@ def define_train_flags() -> None:
     flags.DEFINE_float("dropout", 0.5, "Dropout before the transfer head.")
     flags.DEFINE_float("finetune_after_epochs", None, "Transfer learning: after this many epochs, unfreeze "
                        "--finetune_layers top layers of the backbone and go on at a lower learning rate.")
-    flags.DEFINE_integer("finetune_layers", 20, "Top backbone layers to unfreeze for fine-tuning (BatchNorm stays frozen).")
+    flags.DEFINE_integer("finetune_layers", 20, "Top backbone layers to unfreeze for fine-tuning "
+                         "(BatchNorm stays frozen).")
     flags.DEFINE_float("finetune_lr_factor", 0.1, "Learning-rate factor for the fine-tuning phase.")
     flags.DEFINE_integer("batch_size", 128, "Per-replica batch; the global batch is this times the replicas.")
     flags.DEFINE_integer("global_batch_size", None, "Global batch over all replicas, instead of --batch_size; "

@@ -25,6 +25,7 @@ flags.DEFINE_string("data_dir", "../shared/data/cifar10", "CIFAR-10 folder (see 
 flags.DEFINE_string("model_dir", "/tmp/transfer_experiment", "Folder for the three phases.")
 flags.DEFINE_float("pretrain_epochs", 3, "Epochs of pretraining on classes 0-4.")
 flags.DEFINE_float("epochs", 20, "Epochs over the 2,500 images, for the head and for the baseline.")
+flags.DEFINE_float("dropout", 0.2, "Dropout before the transfer head (its features are only 64 wide).")
 flags.DEFINE_integer("per_class", 500, "Training images per class of 5-9.")
 flags.DEFINE_integer("batch_size", 128, "Global batch.")
 flags.DEFINE_integer("seed", 0, "Seed of the subset, initial weights, order and augmentation.")
@@ -44,7 +45,7 @@ def _subset(split, classes, per_class=None, seed=0):
         keep.append(idx if per_class is None else np.sort(rng.choice(idx, per_class, replace=False)))
     keep = np.concatenate(keep)
     relabel = {c: i for i, c in enumerate(classes)}
-    return Split(split.images[keep], np.array([relabel[int(l)] for l in split.labels[keep]], np.int32))
+    return Split(split.images[keep], np.array([relabel[int(c)] for c in split.labels[keep]], np.int32))
 
 
 def _train(model, train, test, folder, *, epochs, lr_boundaries):
@@ -89,24 +90,28 @@ def main(argv: list[str]) -> None:
     e = FLAGS.pretrain_epochs
     pre_accuracy = _train(backbone_net, pre_train, pre_test, os.path.join(FLAGS.model_dir, "pretrain"),
                           epochs=e, lr_boundaries=[e * 2 / 3, e * 5 / 6])
-    backbone_net.save(saved)
+    if not os.path.exists(saved):
+        backbone_net.save(saved)
 
     keras.utils.set_random_seed(FLAGS.seed)
-    model = transfer.transfer_model(transfer.saved_backbone(saved, cut="avg_pool"), num_classes=5, dropout=0.5)
+    model = transfer.transfer_model(transfer.saved_backbone(saved, cut="avg_pool"), num_classes=5,
+                                    dropout=FLAGS.dropout)
     e = FLAGS.epochs
-    transfer_accuracy = _train(model, small_train, new_test, os.path.join(FLAGS.model_dir, "transfer"),
+    tag = f"{e:g}ep"
+    transfer_accuracy = _train(model, small_train, new_test, os.path.join(FLAGS.model_dir, f"transfer-{tag}"),
                                epochs=e, lr_boundaries=[e / 2, e * 3 / 4])
     keras.utils.set_random_seed(FLAGS.seed)
     scratch_accuracy = _train(models.build("resnet20", num_classes=5), small_train, new_test,
-                              os.path.join(FLAGS.model_dir, "scratch"), epochs=e, lr_boundaries=[e / 2, e * 3 / 4])
+                              os.path.join(FLAGS.model_dir, f"scratch-{tag}"), epochs=e,
+                              lr_boundaries=[e / 2, e * 3 / 4])
     results = {"pretrain_accuracy_classes_0_4": pre_accuracy, "transfer_accuracy_classes_5_9": transfer_accuracy,
                "scratch_accuracy_classes_5_9": scratch_accuracy, "train_images": len(small_train.labels),
-               "epochs": FLAGS.epochs, "pretrain_epochs": FLAGS.pretrain_epochs}
-    with open(os.path.join(FLAGS.model_dir, "results.json"), "w") as f:
+               "epochs": FLAGS.epochs, "pretrain_epochs": FLAGS.pretrain_epochs, "dropout": FLAGS.dropout}
+    with open(os.path.join(FLAGS.model_dir, f"results-{tag}.json"), "w") as f:
         json.dump(results, f, indent=1)
     print(f"pretrained ResNet-20 on classes 0-4: test accuracy {pre_accuracy:.4f}")
-    print(f"classes 5-9 from {len(small_train.labels)} images: frozen-backbone transfer {transfer_accuracy:.4f}, "
-          f"from scratch {scratch_accuracy:.4f}")
+    print(f"classes 5-9 from {len(small_train.labels)} images, {FLAGS.epochs:g} epochs each: frozen-backbone "
+          f"transfer {transfer_accuracy:.4f}, from scratch {scratch_accuracy:.4f}")
 
 
 if __name__ == "__main__":

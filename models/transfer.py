@@ -124,7 +124,7 @@ def saved_backbone(path: str, cut: str | int | None = None) -> keras.Model:
     try:
         layer = model.get_layer(cut) if isinstance(cut, str) else model.layers[cut]
     except (ValueError, IndexError):
-        names = ", ".join(l.name for l in model.layers[-5:])
+        names = ", ".join(layer.name for layer in model.layers[-5:])
         raise ValueError(f"--backbone_cut={cut!r} is not a layer of {path} (its last layers: {names})") from None
     return keras.Model(model.inputs, layer.output, name=f"{model.name}_to_{layer.name}")
 

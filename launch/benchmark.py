@@ -1,0 +1,137 @@
+"""Trainer vs Keras fit vs a bare compiled loop: examples/s on the same model and data.
+
+    python -m launch.benchmark [--model=resnet20] [--steps=100] [--batch_size=128]
+
+One process, one run: ResNet-20, per-replica batch 128, in-memory CIFAR-shaped
+data (random, already normalised, no augmentation, so the figures are the loops'
+own). Each contestant gets a fresh model with the same initial weights and a
+warm-up (tracing); then they take turns for `--rounds` rounds of `--steps` timed
+steps, and the median round counts:
+  * trainer: engine.Trainer.fit over a tf.data pipeline, steps_per_loop 50, with
+    its non-finite guard on (the default) and off;
+  * fit: keras Model.fit (jit_compile off, as on CPU) over the same pipeline;
+  * bare: a tf.function forward-backward-update step on one constant batch,
+    called from Python.
+The last line reads `trainer/fit=<ratio> trainer/bare=<ratio>` (guard on).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from absl import app, flags  # noqa: E402
+
+flags.DEFINE_string("model", "resnet20", "Network (see models.MODEL_NAMES).")
+flags.DEFINE_integer("steps", 100, "Timed steps per contestant.", lower_bound=10)
+flags.DEFINE_integer("batch_size", 128, "Batch.", lower_bound=1)
+flags.DEFINE_integer("rounds", 3, "Timed rounds per contestant, taken in turns; the median counts.", lower_bound=1)
+FLAGS = flags.FLAGS
+
+
+def main(argv: list[str]) -> None:
+    del argv
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    import models
+    from engine import DatasetInput, Trainer
+
+    batch, steps = FLAGS.batch_size, FLAGS.steps
+    warmup = 20
+    rng = np.random.default_rng(0)
+    n = batch * 64  # 8,192 examples, cycled
+    x = rng.normal(size=(n, 32, 32, 3)).astype(np.float32)
+    y = rng.integers(0, 10, n).astype(np.int32)
+
+    def dataset():
+        ds = tf.data.Dataset.from_tensor_slices((x, y)).repeat().batch(batch, drop_remainder=True)
+        return ds.prefetch(tf.data.AUTOTUNE)
+
+    def fresh():
+        keras.utils.set_random_seed(0)
+        return models.build(FLAGS.model), keras.optimizers.SGD(0.1, momentum=0.9)
+
+    def loss():
+        return keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+
+    # Each contestant is set up (and traced) once; then the contestants take turns,
+    # FLAGS.rounds times, and the median rate counts: on a shared 2-core machine
+    # one round can be disturbed, and the first runs of a process pay one-time costs.
+    def trainer_contestant(guard: bool):
+        model, optimizer = fresh()
+        trainer = Trainer(model=model, optimizer=optimizer, loss=loss(), global_batch_size=batch, steps_per_loop=50,
+                          nonfinite_limit=10 if guard else None, progress=False)
+        data = DatasetInput(dataset(), steps_per_epoch=10**9)  # one endless epoch: no epoch-end work
+        trainer.fit(data, train_steps=warmup)
+
+        def run():
+            start = time.perf_counter()
+            trainer.fit(data, train_steps=trainer.global_step + steps)
+            return steps * batch / (time.perf_counter() - start)
+        return run
+
+    def fit_contestant():
+        model, optimizer = fresh()
+        model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
+                      metrics=["accuracy"], jit_compile=False)
+        model.fit(dataset().take(warmup), epochs=1, verbose=0)
+
+        class Timer(keras.callbacks.Callback):
+            def on_epoch_begin(self, epoch, logs=None):
+                self.start = time.perf_counter()
+
+            def on_epoch_end(self, epoch, logs=None):
+                self.seconds = time.perf_counter() - self.start
+
+        def run():
+            timer = Timer()
+            model.fit(dataset().take(steps), epochs=1, verbose=0, callbacks=[timer])
+            return steps * batch / timer.seconds
+        return run
+
+    def bare_contestant():
+        model, optimizer = fresh()
+        optimizer.build(model.trainable_variables)
+        xb, yb = tf.constant(x[:batch]), tf.constant(y[:batch])
+        bare_loss = loss()
+
+        @tf.function
+        def step():
+            with tf.GradientTape() as tape:
+                value = tf.reduce_mean(bare_loss(yb, model(xb, training=True))) + tf.add_n(model.losses)
+            grads = tape.gradient(value, model.trainable_variables)
+            optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return value
+
+        for _ in range(warmup):
+            step()
+
+        def run():
+            start = time.perf_counter()
+            for _ in range(steps):
+                value = step()
+            float(value)
+            return steps * batch / (time.perf_counter() - start)
+        return run
+
+    contestants = {"trainer": trainer_contestant(True), "trainer, guard off": trainer_contestant(False),
+                   "keras fit": fit_contestant(), "bare loop": bare_contestant()}
+    rates = {name: [] for name in contestants}
+    for _ in range(FLAGS.rounds):
+        for name, run in contestants.items():
+            rates[name].append(run())
+    results = {name: float(np.median(r)) for name, r in rates.items()}
+
+    print(f"{FLAGS.model}, batch {batch}, {steps} timed steps x {FLAGS.rounds} rounds after {warmup} warm-up steps")
+    for name, rate in results.items():
+        print(f"  {name:20s} {rate:8.1f} examples/s (median; rounds: {', '.join(f'{r:.0f}' for r in rates[name])})")
+    print(f"trainer/fit={results['trainer'] / results['keras fit']:.3f} "
+          f"trainer/bare={results['trainer'] / results['bare loop']:.3f}")
+
+
+if __name__ == "__main__":
+    app.run(main)
