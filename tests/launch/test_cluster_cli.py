@@ -1,5 +1,7 @@
 """launch.cluster: multi-worker and parameter-server runs on localhost, with resume."""
 
+import contextlib
+import json
 import os
 import re
 import signal
@@ -59,63 +61,52 @@ def test_a_failing_task_stops_the_cluster(tiny_cifar, tmp_path):
     assert "--data_dir=" in result.stderr and time.time() - start < 100
 
 
-def test_a_dead_worker_ends_the_other_with_an_error(tiny_cifar, tmp_path):
-    """Without launch.cluster watching: the collective timeout ends the survivor."""
+@contextlib.contextmanager
+def _two_workers(data_dir, model_dir, *extra):
+    """Two multi_worker_mirrored launch.train processes without launch.cluster watching.
+
+    Yields them once the chief has finished its first loop; kills what is left after.
+    """
     spec = cluster_spec(2, 0)
-    model_dir = tmp_path / "dead"
     procs = []
     for index in range(2):
-        env = dict(os.environ, TF_CONFIG=f'{{"cluster": {{"worker": {spec["worker"]}}}, '
-                                         f'"task": {{"type": "worker", "index": {index}}}}}'.replace("'", '"'))
-        args = [sys.executable, "-m", "launch.train", "--flagfile=launch/cifar.flags", f"--data_dir={tiny_cifar}",
+        config = {"cluster": spec, "task": {"type": "worker", "index": index}}
+        args = [sys.executable, "-m", "launch.train", "--flagfile=launch/cifar.flags", f"--data_dir={data_dir}",
                 f"--model_dir={model_dir}", "--model=resnet20", "--batch_size=16", "--steps_per_loop=1",
-                "--epochs=1000", "--noprogress", "--strategy=multi_worker_mirrored", "--collective_timeout_s=20"]
-        procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                      text=True))
+                "--epochs=1000", "--noprogress", "--strategy=multi_worker_mirrored", *extra]
+        procs.append(subprocess.Popen(args, cwd=REPO, env=dict(os.environ, TF_CONFIG=json.dumps(config)),
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True))
     try:
         deadline = time.time() + 180
         while not (model_dir / "train").exists():
             assert time.time() < deadline and all(p.poll() is None for p in procs)
             time.sleep(0.2)
+        yield procs
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+
+
+def test_a_dead_worker_ends_the_other_with_an_error(tiny_cifar, tmp_path):
+    """Without launch.cluster watching: the survivor's collective fails and it says so."""
+    with _two_workers(tiny_cifar, tmp_path / "dead", "--collective_timeout_s=20") as procs:
         procs[1].send_signal(signal.SIGKILL)
         killed_at = time.time()
         stderr = procs[0].communicate(timeout=240)[1]
         assert procs[0].returncode != 0
         assert time.time() - killed_at < 200
-        print(f"survivor ended {time.time() - killed_at:.1f} s after the kill:", stderr.strip().splitlines()[-1][:300])
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
     assert "launch.train: error: another task of the cluster failed or stopped answering" in stderr, stderr[-3000:]
     assert "rerun the job to resume from" in stderr
 
 
 def test_sigterm_to_one_worker_checkpoints_all_at_one_step_and_exits_0(tiny_cifar, tmp_path):
-    spec = cluster_spec(2, 0)
     model_dir = tmp_path / "preempt"
-    procs = []
-    for index in range(2):
-        env = dict(os.environ, TF_CONFIG=f'{{"cluster": {{"worker": {spec["worker"]}}}, '
-                                         f'"task": {{"type": "worker", "index": {index}}}}}'.replace("'", '"'))
-        args = [sys.executable, "-m", "launch.train", "--flagfile=launch/cifar.flags", f"--data_dir={tiny_cifar}",
-                f"--model_dir={model_dir}", "--model=resnet20", "--batch_size=16", "--steps_per_loop=1",
-                "--checkpoint_every_steps=1000", "--epochs=1000", "--noprogress", "--strategy=multi_worker_mirrored"]
-        procs.append(subprocess.Popen(args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                                      text=True))
-    try:
-        deadline = time.time() + 180
-        while not (model_dir / "train").exists():
-            assert time.time() < deadline and all(p.poll() is None for p in procs)
-            time.sleep(0.2)
+    with _two_workers(tiny_cifar, model_dir, "--checkpoint_every_steps=1000") as procs:
         procs[1].send_signal(signal.SIGTERM)  # the non-chief is preempted
         outputs = [p.communicate(timeout=120)[1] for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
     assert [p.returncode for p in procs] == [0, 0], outputs[0][-2000:] + outputs[1][-2000:]
-    line = [l for l in outputs[0].splitlines() if l.startswith("preempted: checkpoint")]
-    assert len(line) == 1, outputs[0][-3000:]
-    step = int(line[0].split("at step ")[1].split(";")[0])
+    lines = [line for line in outputs[0].splitlines() if line.startswith("preempted: checkpoint")]
+    assert len(lines) == 1, outputs[0][-3000:]
+    step = int(lines[0].split("at step ")[1].split(";")[0])
     assert (model_dir / f"ckpt-{step}.index").exists() and step % 20 != 0  # mid-epoch, not an epoch-end save
