@@ -23,7 +23,7 @@ def main(argv: list[str]) -> None:
     del argv
     import keras
 
-    from datasets import cifar10
+    from datasets import cifar10, in_memory
     from engine import Trainer
     from launch import experiment
 
@@ -33,8 +33,6 @@ def main(argv: list[str]) -> None:
     except ValueError as e:
         sys.exit(f"launch.evaluate: error: {e}")
     mean, std = info["normalize"]["mean"], info["normalize"]["std"]
-    from datasets import in_memory
-
     eval_data = in_memory.eval_dataset(data.test.images, data.test.labels, global_batch_size=FLAGS.batch_size,
                                        mean=mean, std=std)
     trainer = Trainer(model=model, optimizer=keras.optimizers.SGD(), global_batch_size=FLAGS.batch_size,

@@ -27,14 +27,16 @@ class Run:
       trainer: the Trainer, its checkpoint (if any) already restored.
       train_input: per-epoch training input.
       eval_data: the test split, every example once.
+      backbone: the transfer backbone to unfreeze later, when the run fine-tunes.
+      schedule: the first phase's learning rate, from which fine-tuning's is derived.
     """
 
     config: TrainConfig
     trainer: Trainer
     train_input: EpochInput
     eval_data: tf.data.Dataset
-    backbone: keras.Model | None = None  # set when the run fine-tunes it later
-    schedule: object = None
+    backbone: keras.Model | None = None
+    schedule: keras.optimizers.schedules.LearningRateSchedule | float | None = None
 
     def train(self) -> dict[str, list[float]]:
         """Trains to the configured end, evaluating each epoch; returns the history.
