@@ -167,6 +167,9 @@ class Trainer:
                                                  aggregation=first_replica)
             self._lr_scale = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="lr_scale",
                                          aggregation=first_replica)
+        # Seconds the compiled loop waited for input since the last read; made
+        # outside the strategy's scope (a plain host variable), not saved.
+        self._input_wait = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="input_wait")
         if isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
             # Lets a rollback lower a scheduled rate; the value is unchanged at scale 1.
             optimizer.learning_rate = ScaledSchedule(optimizer._learning_rate, self._lr_scale)
@@ -292,8 +295,24 @@ class Trainer:
         for _ in tf.range(num_steps):
             if not self._multi_worker and self._stop.flag:  # SIGTERM/SIGINT: stop before the next step.
                 break
-            self.strategy.run(self.train_step, args=(next(iterator),))
+            if self._coordinator:
+                batch = next(iterator)
+            else:
+                # Input wait: the time next() blocks. Stateful ops keep program order
+                # in a tf.function, so the stamps bracket the fetch of each step.
+                start = tf.timestamp()
+                with tf.control_dependencies([start]):
+                    batch = next(iterator)
+                with tf.control_dependencies(tf.nest.flatten(self._local_tensors(batch))):
+                    self._input_wait.assign_add(tf.timestamp() - start)
+            self.strategy.run(self.train_step, args=(batch,))
             self._step.assign_add(1)
+
+    def _local_tensors(self, batch):
+        """The tensors of a (distributed) batch, for control dependencies."""
+        return [t for v in tf.nest.flatten(batch, expand_composites=False)
+                for t in (self.strategy.experimental_local_results(v) if self.strategy.num_replicas_in_sync > 1
+                          else [v])]
 
     def _eval_loop_fn(self, iterator) -> None:
         for _ in tf.range(_MAX_EVAL_STEPS):
@@ -430,6 +449,7 @@ class Trainer:
                 bar = EpochProgress(epoch=epoch, num_epochs=num_epochs, total_steps=epoch_end - epoch * steps_per_epoch,
                                     initial_step=start, enabled=self.progress and self.is_chief)
                 examples, seconds, rolled_back = 0, 0.0, False
+                epoch_wait, epoch_time = 0.0, 0.0
                 try:
                     while step < epoch_end:
                         n = min(self.steps_per_loop, epoch_end - step)
@@ -439,6 +459,8 @@ class Trainer:
                         self._run_loop(iterator, n)
                         logs = {name: float(m.result()) for name, m in self.train_metrics.items()}
                         dt = time.perf_counter() - t0  # Reading the metrics waited for the loop.
+                        wait = float(self._input_wait.numpy())
+                        self._input_wait.assign(0.0)
                         done, step = self.global_step - step, self.global_step
                         rate = done * self.global_batch_size / dt
                         if not first_loop or step == epoch_end:  # The first loop also traces.
@@ -446,6 +468,9 @@ class Trainer:
                         first_loop = False
                         logs.update(learning_rate=self.learning_rate, examples_per_second=rate,
                                     nonfinite_steps=self.nonfinite_steps)
+                        if not self._coordinator:  # Share of the loop's time spent waiting for input.
+                            logs["input_wait_percent"] = 100.0 * wait / dt
+                        epoch_wait, epoch_time = epoch_wait + wait, epoch_time + dt
                         self._write_summaries("train", logs, step)
                         bar.update(done, logs)
                         if self._stop.signal_name or done < n:
@@ -468,6 +493,8 @@ class Trainer:
                         "rerun the same command to resume")
                     break
                 logs["examples_per_second"] = examples / seconds if seconds else logs["examples_per_second"]
+                if "input_wait_percent" in logs:  # Over the whole epoch (first loop included).
+                    logs["input_wait_percent"] = 100.0 * epoch_wait / epoch_time
                 logs.update(step=step, epoch=step / steps_per_epoch)
                 if eval_data is not None:
                     logs.update({f"eval_{k}": v for k, v in self._evaluate_and_log(eval_data, step).items()})

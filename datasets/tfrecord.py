@@ -1,0 +1,144 @@
+"""Labelled images in sharded TFRecord files of tf.train.Example, written and read.
+
+Each record holds one image, with the feature keys of the TF Model Garden's image
+classification readers:
+  image/encoded      bytes: the file's bytes as they were (JPEG or PNG), not re-encoded
+  image/class/label  int64: class id
+  image/class/text   bytes: class name
+  image/filename     bytes: the path the image was read from (for error messages)
+Examples go to the shards in turn (example i to shard i mod N), so each shard holds
+every class; files are named <prefix>-00000-of-00004.tfrecord.
+
+Write with `python -m datasets.to_tfrecord --source=<folder or csv> --output=<prefix>
+--num_shards=N`; read with `read_index(pattern)` and train through
+datasets.images like any other image source.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+from tqdm import tqdm
+
+from datasets.sources import ImageIndex
+
+FEATURES = {
+    "image/encoded": tf.io.FixedLenFeature([], tf.string),
+    "image/class/label": tf.io.FixedLenFeature([], tf.int64),
+    "image/class/text": tf.io.FixedLenFeature([], tf.string, default_value=""),
+    "image/filename": tf.io.FixedLenFeature([], tf.string, default_value=""),
+}
+
+
+def shard_paths(prefix: str, num_shards: int) -> list[str]:
+    """The file names of `num_shards` shards of `prefix`."""
+    return [f"{prefix}-{k:05d}-of-{num_shards:05d}.tfrecord" for k in range(num_shards)]
+
+
+def _example(encoded: bytes, label: int, class_name: str, filename: str) -> bytes:
+    feature = {
+        "image/encoded": tf.train.Feature(bytes_list=tf.train.BytesList(value=[encoded])),
+        "image/class/label": tf.train.Feature(int64_list=tf.train.Int64List(value=[int(label)])),
+        "image/class/text": tf.train.Feature(bytes_list=tf.train.BytesList(value=[class_name.encode()])),
+        "image/filename": tf.train.Feature(bytes_list=tf.train.BytesList(value=[filename.encode()])),
+    }
+    return tf.train.Example(features=tf.train.Features(feature=feature)).SerializeToString()
+
+
+def write(index: ImageIndex, prefix: str, num_shards: int, *, progress: bool = True) -> list[str]:
+    """Writes the images of `index` to `num_shards` TFRecord files.
+
+    The files are written under temporary names and renamed when complete, so an
+    interrupted write leaves no shard that looks finished.
+
+    Args:
+      index: the images (their bytes are copied as they are).
+      prefix: output path prefix; its folder is created.
+      num_shards: number of files, 1 <= num_shards <= len(index).
+      progress: show a progress bar.
+
+    Returns:
+      The shard paths written.
+
+    Raises:
+      ValueError: if num_shards is out of range, or a file is missing or empty
+        (named with its CSV line).
+    """
+    if not 1 <= num_shards <= len(index):
+        raise ValueError(f"--num_shards={num_shards} must be in [1, {len(index)}] (the number of images)")
+    paths = shard_paths(prefix, num_shards)
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    writers = [tf.io.TFRecordWriter(p + ".partial") for p in paths]
+    try:
+        for i in tqdm(range(len(index)), desc="writing TFRecords", unit="img", disable=not progress):
+            if index.encoded is not None:
+                data = index.encoded[i]
+            else:
+                try:
+                    with open(index.paths[i], "rb") as f:
+                        data = f.read()
+                except OSError as e:
+                    raise ValueError(f"{index.describe(i)}: cannot be read ({e.strerror})") from None
+            if not data:
+                raise ValueError(f"{index.describe(i)}: the file is empty")
+            label = int(index.labels[i])
+            writers[i % num_shards].write(_example(data, label, index.class_names[label], str(index.paths[i])))
+    finally:
+        for w in writers:
+            w.close()
+    for p in paths:
+        os.replace(p + ".partial", p)
+    return paths
+
+
+def read_index(pattern: str, class_names: Sequence[str] | None = None) -> ImageIndex:
+    """Reads TFRecord files into an in-memory ImageIndex (encoded bytes, not decoded).
+
+    Args:
+      pattern: a file or glob pattern, e.g. "/data/train-*.tfrecord".
+      class_names: names of the classes; None takes them from the records'
+        image/class/text (or "0", "1", ... where that is empty).
+
+    Returns:
+      ImageIndex with encoded bytes; origins "<shard>#<record number>".
+
+    Raises:
+      ValueError: if nothing matches, a file is not a TFRecord of the expected
+        features, there are no records, or a label is outside [0, num_classes)
+        (naming the shard, record and source file).
+    """
+    files = sorted(tf.io.gfile.glob(pattern))
+    if not files:
+        raise ValueError(f"no TFRecord file matches {pattern}")
+    encoded, labels, texts, filenames, origins = [], [], [], [], []
+    for path in files:
+        try:
+            ds = tf.data.TFRecordDataset(path).batch(4096).map(lambda s: tf.io.parse_example(s, FEATURES))
+            offset = 0
+            for batch in ds.as_numpy_iterator():
+                encoded += list(batch["image/encoded"])
+                labels.append(batch["image/class/label"])
+                texts += [t.decode() for t in batch["image/class/text"]]
+                filenames += [f.decode() for f in batch["image/filename"]]
+                origins += [f"{path}#{offset + k}" for k in range(len(batch["image/class/label"]))]
+                offset += len(batch["image/class/label"])
+        except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
+            detail = str(e).strip().splitlines()[0][:150]
+            raise ValueError(f"{path} is not a readable TFRecord file of image examples ({detail})") from None
+    if not encoded:
+        raise ValueError(f"TFRecord files {pattern} hold no records")
+    labels = np.concatenate(labels).astype(np.int32)
+    if class_names is None:
+        names: dict[int, str] = {}
+        for label, text in zip(labels, texts):
+            names.setdefault(int(label), text)
+        count = int(labels.max()) + 1
+        class_names = tuple(names.get(k) or str(k) for k in range(count))
+    bad = np.flatnonzero((labels < 0) | (labels >= len(class_names)))
+    if bad.size:
+        i = int(bad[0])
+        raise ValueError(f"{origins[i]} ({filenames[i]}): class id {labels[i]} is outside [0, {len(class_names)})")
+    return ImageIndex([f or o for f, o in zip(filenames, origins)], labels, tuple(class_names), origins, encoded)
