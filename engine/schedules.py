@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import keras
+import tensorflow as tf
+
+SCHEDULES = ("piecewise", "constant", "cosine", "onecycle")
 
 
 def piecewise_constant_by_epoch(
@@ -75,3 +79,152 @@ class ScaledSchedule(keras.optimizers.schedules.LearningRateSchedule):
     def get_config(self):
         return {"schedule": keras.saving.serialize_keras_object(self.schedule),
                 "scale": float(self.scale.numpy())}
+
+
+class Constant(keras.optimizers.schedules.LearningRateSchedule):
+    """A constant learning rate, as a schedule (so warm-up and plateau scaling apply)."""
+
+    def __init__(self, learning_rate: float):
+        self.learning_rate = float(learning_rate)
+
+    def __call__(self, step):
+        del step
+        return tf.constant(self.learning_rate, tf.float32)
+
+    def get_config(self):
+        return {"learning_rate": self.learning_rate}
+
+
+class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warm-up into another schedule (Goyal et al., "Accurate, Large Minibatch SGD", 2017).
+
+    Step k < warmup_steps has rate schedule(warmup_steps) x (k + 1) / warmup_steps;
+    from warmup_steps on, schedule(k).
+
+    Args:
+      schedule: the schedule after warm-up (a LearningRateSchedule).
+      warmup_steps: optimizer steps of warm-up, >= 1.
+    """
+
+    def __init__(self, schedule, warmup_steps: int):
+        if warmup_steps < 1:
+            raise ValueError(f"warm-up of {warmup_steps} steps must be at least 1 step")
+        self.schedule, self.warmup_steps = schedule, int(warmup_steps)
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        peak = tf.cast(self.schedule(self.warmup_steps), tf.float32)
+        warm = peak * (step + 1.0) / self.warmup_steps
+        return tf.where(step < self.warmup_steps, warm, tf.cast(self.schedule(step), tf.float32))
+
+    def get_config(self):
+        return {"schedule": keras.saving.serialize_keras_object(self.schedule), "warmup_steps": self.warmup_steps}
+
+
+class Cosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Cosine decay from `base` to base x final_fraction over total_steps (Loshchilov & Hutter, SGDR, 2017).
+
+    rate(k) = final + (base - final) x (1 + cos(pi x min(k, T) / T)) / 2, T = total_steps.
+    """
+
+    def __init__(self, base_learning_rate: float, total_steps: int, final_fraction: float = 0.0):
+        if total_steps < 1:
+            raise ValueError(f"cosine schedule over {total_steps} steps: need at least 1")
+        self.base, self.total_steps, self.final_fraction = float(base_learning_rate), int(total_steps), final_fraction
+
+    def __call__(self, step):
+        progress = tf.minimum(tf.cast(step, tf.float32) / self.total_steps, 1.0)
+        final = self.base * self.final_fraction
+        return final + (self.base - final) * 0.5 * (1.0 + tf.cos(math.pi * progress))
+
+    def get_config(self):
+        return {"base_learning_rate": self.base, "total_steps": self.total_steps,
+                "final_fraction": self.final_fraction}
+
+
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """The one-cycle policy (Smith & Topin, "Super-Convergence", 2018), cosine-annealed.
+
+    From max/div_factor up to max over the first pct_start of total_steps, then
+    down to max/(div_factor x final_div_factor) at total_steps, both halves along a
+    cosine (as torch.optim.lr_scheduler.OneCycleLR's default).
+
+    Args:
+      max_learning_rate: the peak rate.
+      total_steps: optimizer steps of the whole run.
+      pct_start: fraction of the steps spent rising, in (0, 1).
+      div_factor: initial rate = max / div_factor.
+      final_div_factor: final rate = initial / final_div_factor.
+    """
+
+    def __init__(self, max_learning_rate: float, total_steps: int, pct_start: float = 0.25,
+                 div_factor: float = 25.0, final_div_factor: float = 1e4):
+        if total_steps < 2:
+            raise ValueError(f"one-cycle schedule over {total_steps} steps: need at least 2")
+        if not 0 < pct_start < 1:
+            raise ValueError(f"one-cycle pct_start={pct_start} must be in (0, 1)")
+        self.peak, self.total_steps, self.pct_start = float(max_learning_rate), int(total_steps), pct_start
+        self.div_factor, self.final_div_factor = div_factor, final_div_factor
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        rise = max(1.0, round(self.pct_start * self.total_steps))
+        initial = self.peak / self.div_factor
+        final = initial / self.final_div_factor
+
+        def anneal(start, end, fraction):
+            return end + (start - end) * 0.5 * (1.0 + tf.cos(math.pi * tf.clip_by_value(fraction, 0.0, 1.0)))
+
+        up = anneal(initial, self.peak, step / rise)
+        down = anneal(self.peak, final, (step - rise) / max(1.0, self.total_steps - rise))
+        return tf.where(step < rise, up, down)
+
+    def get_config(self):
+        return {"max_learning_rate": self.peak, "total_steps": self.total_steps, "pct_start": self.pct_start,
+                "div_factor": self.div_factor, "final_div_factor": self.final_div_factor}
+
+
+def build_schedule(
+    name: str,
+    base_learning_rate: float,
+    *,
+    steps_per_epoch: int,
+    total_steps: int,
+    boundaries: Sequence[float] = (),
+    multipliers: Sequence[float] = (),
+    warmup_epochs: float = 0.0,
+) -> keras.optimizers.schedules.LearningRateSchedule:
+    """A learning-rate schedule by name, counted in optimizer steps, set in epochs.
+
+    Args:
+      name: "piecewise" (piecewise_constant_by_epoch), "constant", "cosine" (to 0
+        at total_steps) or "onecycle" (peak = base_learning_rate).
+      base_learning_rate: the base (piecewise, constant, cosine) or peak
+        (onecycle) rate.
+      steps_per_epoch: optimizer steps per epoch.
+      total_steps: optimizer steps of the whole run.
+      boundaries, multipliers: for "piecewise".
+      warmup_epochs: linear warm-up over this many epochs first (not with
+        onecycle, which rises by itself); 0 for none.
+
+    Raises:
+      ValueError: naming the flag of a bad value.
+    """
+    if name not in SCHEDULES:
+        raise ValueError(f"--lr_schedule={name!r} is not one of {', '.join(SCHEDULES)}")
+    if warmup_epochs < 0:
+        raise ValueError(f"--warmup_epochs={warmup_epochs} must not be negative")
+    if name == "piecewise":
+        schedule = piecewise_constant_by_epoch(base_learning_rate, boundaries, multipliers, steps_per_epoch)
+        if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+            schedule = Constant(schedule)
+    elif name == "constant":
+        schedule = Constant(base_learning_rate)
+    elif name == "cosine":
+        schedule = Cosine(base_learning_rate, total_steps)
+    else:
+        if warmup_epochs:
+            raise ValueError("--warmup_epochs does not apply to --lr_schedule=onecycle (it warms up itself)")
+        return OneCycle(base_learning_rate, total_steps)
+    warmup_steps = round(warmup_epochs * steps_per_epoch)
+    return LinearWarmup(schedule, warmup_steps) if warmup_steps else schedule

@@ -21,7 +21,9 @@ import contextlib
 import math
 import os
 import time
-from typing import Callable, Mapping
+from typing import Callable, Mapping, Sequence
+
+from absl import logging
 
 import keras
 import numpy as np
@@ -29,6 +31,7 @@ import tensorflow as tf
 
 from engine import distribution
 from engine.checkpoint import BestCheckpoint, Checkpointer, remove_scratch
+from engine.hooks import HOOK_EVENTS
 from engine.inputs import DatasetInput, EpochInput
 from engine.preemption import StopRequest
 from engine.progress import EpochProgress, format_value
@@ -43,6 +46,24 @@ MetricsFactory = Callable[[], Mapping[str, keras.metrics.Metric]]
 
 def _default_metrics() -> dict[str, keras.metrics.Metric]:
     return {"accuracy": keras.metrics.SparseCategoricalAccuracy(name="accuracy")}
+
+
+def _to_float32(outputs):
+    """Mixed precision: losses and metrics see float32 outputs."""
+    return tf.nest.map_structure(
+        lambda o: tf.cast(o, tf.float32) if o.dtype.is_floating and o.dtype != tf.float32 else o, outputs)
+
+
+class _CallableHook:
+    """A plain function fn(trainer, logs) called at one event."""
+
+    def __init__(self, event: str, fn: Callable):
+        self.event, self.fn = event, fn
+
+    def __getattr__(self, name):
+        if name == f"on_{self.event}":
+            return (lambda trainer: self.fn(trainer, {})) if self.event == "train_begin" else self.fn
+        raise AttributeError(name)
 
 
 class NonFiniteError(RuntimeError):
@@ -92,6 +113,19 @@ class Trainer:
         "eval_accuracy" or "eval_loss"; None keeps none.
       progress: show a tqdm progress bar per epoch (a summary line per epoch, and
         lines on restore and stop, are printed either way).
+      hooks: objects with any of on_train_begin / on_loop_end / on_epoch_end /
+        on_train_end (see engine/hooks.py); more with add_hook.
+      eval_loss: per-example loss for evaluation; default `loss` (pass the plain
+        loss here when `loss` adds label smoothing).
+      accumulation_steps: k >= 1: accumulate the gradients of k consecutive
+        global batches (micro-batches) and apply them as one update, equal to one
+        step on the k-times batch. `global_batch_size` is the micro-batch; `step`
+        counts micro-batches (the data position); the optimizer's iterations, and
+        so the learning-rate schedule, count updates.
+      ema_decay: keep an exponential moving average of the model's weights,
+        shadow = decay * shadow + (1 - decay) * weights after every update (the
+        trainable and the BatchNorm statistics); evaluation, the best checkpoint
+        and export use the averages. None for no average. Typical: 0.999.
 
     Raises:
       ValueError: if the loss reduces over the batch, the global batch is not
@@ -117,6 +151,10 @@ class Trainer:
         rollback_lr_factor: float = 0.5,
         best_metric: str | None = None,
         progress: bool = True,
+        hooks: Sequence[object] = (),
+        eval_loss: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+        accumulation_steps: int = 1,
+        ema_decay: float | None = None,
     ):
         self.strategy = strategy or tf.distribute.get_strategy()
         replicas = self.strategy.num_replicas_in_sync
@@ -130,6 +168,10 @@ class Trainer:
             raise ValueError(f"nonfinite_limit={nonfinite_limit} must be at least 1 (or None)")
         if nonfinite_action not in NONFINITE_ACTIONS:
             raise ValueError(f"nonfinite_action={nonfinite_action!r} must be one of {', '.join(NONFINITE_ACTIONS)}")
+        if accumulation_steps < 1:
+            raise ValueError(f"accumulation_steps={accumulation_steps} must be at least 1")
+        if ema_decay is not None and not 0 < ema_decay < 1:
+            raise ValueError(f"ema_decay={ema_decay} must be in (0, 1)")
         if not 0 < rollback_lr_factor <= 1:
             raise ValueError(f"rollback_lr_factor={rollback_lr_factor} must be in (0, 1]")
         if isinstance(loss, keras.losses.Loss) and loss.reduction not in (None, "none"):
@@ -151,6 +193,13 @@ class Trainer:
         self.nonfinite_action = nonfinite_action
         self.rollback_lr_factor = rollback_lr_factor
         self.progress = progress
+        self.eval_loss = eval_loss or loss
+        self.accumulation_steps = accumulation_steps
+        self.ema_decay = ema_decay
+        self._hooks: list[object] = list(hooks)
+        self._stop_reason: str | None = None
+        self.retraces: list[str] = []  # Warnings of step functions traced again after warm-up.
+        self._traced: dict[str, str] = {}
         self._stop = StopRequest()
         metrics = metrics or _default_metrics
         first_replica = tf.VariableAggregation.ONLY_FIRST_REPLICA
@@ -167,6 +216,16 @@ class Trainer:
                                                  aggregation=first_replica)
             self._lr_scale = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="lr_scale",
                                          aggregation=first_replica)
+            # Gradient accumulators: each replica sums its own micro-batch gradients.
+            self._accumulators = [
+                tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="grad_accumulator",
+                            synchronization=tf.VariableSynchronization.ON_READ,
+                            aggregation=tf.VariableAggregation.SUM)
+                for v in model.trainable_variables] if accumulation_steps > 1 else []
+            # Exponential moving average of the float weights (trainable and BatchNorm statistics).
+            self._ema_pairs = [(v, tf.Variable(tf.convert_to_tensor(v), trainable=False, name="ema",
+                                               aggregation=first_replica))
+                               for v in self._averaged_weights()] if ema_decay else []
         # Seconds the compiled loop waited for input since the last read; made
         # outside the strategy's scope (a plain host variable), not saved.
         self._input_wait = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="input_wait")
@@ -182,6 +241,10 @@ class Trainer:
                          if model_dir and not self.is_chief else None)
         trackables = dict(model=model, optimizer=optimizer, step=self._step,
                           nonfinite_steps=self._nonfinite_total, lr_scale=self._lr_scale)
+        if self._accumulators:
+            trackables["grad_accumulators"] = list(self._accumulators)
+        if self._ema_pairs:
+            trackables["ema"] = [shadow for _, shadow in self._ema_pairs]
         self.checkpointer = (Checkpointer(model_dir, max_to_keep=keep_checkpoints, scratch_directory=self._scratch,
                                           **trackables) if model_dir else None)
         self.best = (BestCheckpoint(os.path.join(self._scratch or model_dir, "best"), best_metric, model=model)
@@ -209,35 +272,55 @@ class Trainer:
     # --- Per-replica step functions (graph; override in subclasses) ---------------
 
     def compute_loss(self, labels: tf.Tensor, outputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Loss of one replica's batch, scaled for summing over replicas.
+        """Loss of one replica's batch, scaled for summing over replicas (and micro-batches).
 
         Returns:
           (scalar loss to differentiate, float32 per-example data losses [batch]).
           The scalar is the per-example losses summed and divided by the global
-          batch, plus the model's regularisation losses divided by the replicas.
+          batch times accumulation_steps, plus the model's regularisation losses
+          divided by the replicas and accumulation_steps.
         """
+        k = self.accumulation_steps
         per_example = tf.cast(self.loss(labels, outputs), tf.float32)
-        loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size)
+        loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size * k)
         if self.model.losses:
-            loss += tf.nn.scale_regularization_loss(tf.add_n(self.model.losses))
+            reg = tf.cast(tf.add_n(self.model.losses), tf.float32)
+            loss += tf.nn.scale_regularization_loss(reg) / k
         return loss, per_example
 
     def train_step(self, inputs) -> None:
-        """One optimizer step on one replica's batch (features, labels)."""
+        """One micro-batch on one replica: forward, loss, gradients, and the update when due."""
         features, labels = inputs
         with tf.GradientTape() as tape:
-            outputs = self.model(features, training=True)
+            outputs = _to_float32(self.model(features, training=True))
             loss, per_example = self.compute_loss(labels, outputs)
         variables = self.model.trainable_variables
-        grads = tape.gradient(loss, variables)
-        if self.nonfinite_limit is None:
+        loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        # float16: the LossScaleOptimizer scales the loss up and its gradients back down.
+        grads = tape.gradient(self.optimizer.scale_loss(loss) if loss_scaled else loss, variables)
+        loss_finite = tf.reduce_all(tf.math.is_finite(loss))
+        if self._accumulators:
+            for acc, g in zip(self._accumulators, grads):
+                if g is not None:
+                    acc.assign_add(g)
+            grads = [acc.read_value() for acc in self._accumulators]
+            due = tf.equal(self._step % self.accumulation_steps, self.accumulation_steps - 1)
+        else:
+            due = None
+        if self.nonfinite_limit is None and due is None:
             # The optimizer sums gradients over replicas before applying them.
-            self.optimizer.apply_gradients(zip(grads, variables))
+            self._apply(grads, variables)
             finite = tf.constant(True)
         else:
-            grads_finite = [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
-            finite = tf.logical_and(tf.reduce_all(tf.math.is_finite(loss)), tf.reduce_all(grads_finite))
-            self._apply_if_all_finite(finite, grads, variables)
+            finite = loss_finite
+            if self.nonfinite_limit is not None and not loss_scaled:
+                # (With loss scaling, overflowing gradients are the LossScaleOptimizer's to skip.)
+                grads_finite = [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
+                finite = tf.logical_and(finite, tf.reduce_all(grads_finite))
+            if self.nonfinite_limit is None:
+                finite = tf.constant(True)
+            self._apply_when(due, finite, grads, variables)
+            finite = tf.logical_and(finite, loss_finite)
         # A skipped step leaves the metrics alone, so one NaN does not poison the epoch.
         weight = tf.cast(finite, tf.float32)
         per_example = tf.where(finite, per_example, tf.zeros_like(per_example))
@@ -245,13 +328,20 @@ class Trainer:
         self._update_metrics(self.train_metrics, labels, outputs, per_example,
                              sample_weight=weight * tf.ones_like(per_example))
 
-    def _apply_if_all_finite(self, finite: tf.Tensor, grads, variables) -> None:
-        """Applies the update on every replica only if it is finite on every replica."""
+    def _apply_when(self, due, finite: tf.Tensor, grads, variables) -> None:
+        """Applies the update on every replica when due (None: every step) and finite on every replica."""
         ctx = tf.distribute.get_replica_context()
         if tf.__internal__.distribute.strategy_supports_no_merge_call():
             # Collective strategies: agree through an all-reduce, branch per replica.
             bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
-            tf.cond(bad == 0, lambda: self._apply(grads, variables), self._count_skip)
+
+            def update():
+                tf.cond(bad == 0, lambda: self._apply(grads, variables), self._skip)
+
+            if due is None:
+                update()
+            else:
+                tf.cond(due, update, tf.no_op)
             return
 
         def cross_replica(distribution, finite, grads):
@@ -263,23 +353,40 @@ class Trainer:
             def apply():
                 distribution.extended.call_for_each_replica(self._apply, args=(grads, variables))
 
-            tf.cond(all_finite, apply, self._count_skip)
+            def update():
+                tf.cond(all_finite, apply, self._skip)
+
+            if due is None:
+                update()
+            else:
+                tf.cond(due, update, tf.no_op)
 
         ctx.merge_call(cross_replica, args=(finite, grads))
 
     def _apply(self, grads, variables) -> None:
         self.optimizer.apply_gradients(zip(grads, variables))
         self._nonfinite_streak.assign(0)
+        for acc in self._accumulators:
+            acc.assign(tf.zeros_like(acc))
+        decay = self.ema_decay
+        for weight, shadow in self._ema_pairs:
+            shadow.assign(decay * shadow + (1.0 - decay) * tf.cast(tf.convert_to_tensor(weight), shadow.dtype))
 
-    def _count_skip(self) -> None:
+    def _skip(self) -> None:
         self._nonfinite_total.assign_add(1)
         self._nonfinite_streak.assign_add(1)
+        for acc in self._accumulators:
+            acc.assign(tf.zeros_like(acc))
+
+    def _averaged_weights(self):
+        """The model weights the moving average covers: every float variable."""
+        return [v for v in self.model.weights if tf.as_dtype(v.dtype).is_floating]
 
     def eval_step(self, inputs) -> None:
         """Updates the eval metrics with one replica's batch (features, labels)."""
         features, labels = inputs
-        outputs = self.model(features, training=False)
-        self._update_metrics(self.eval_metrics, labels, outputs, tf.cast(self.loss(labels, outputs), tf.float32))
+        outputs = _to_float32(self.model(features, training=False))
+        self._update_metrics(self.eval_metrics, labels, outputs, tf.cast(self.eval_loss(labels, outputs), tf.float32))
 
     @staticmethod
     def _update_metrics(metrics, labels, outputs, per_example_loss, sample_weight=None):
@@ -291,7 +398,20 @@ class Trainer:
 
     # --- Compiled loops ---------------------------------------------------------------
 
+    def _note_trace(self, name: str, signature) -> None:
+        """Runs while `name` is traced: warns when it traces again with a new input signature."""
+        shown = str(signature)
+        if name in self._traced and self._traced[name] != shown:
+            message = (f"{name} traced again with a new input signature (each retrace recompiles the step; "
+                       f"keep batch shapes and dtypes fixed): was {self._traced[name]}, now {shown}")
+            self.retraces.append(message)
+            logging.warning(message)
+            if self.is_chief:
+                EpochProgress.write(f"warning: {message}")
+        self._traced[name] = shown
+
     def _train_loop_fn(self, iterator, num_steps: tf.Tensor) -> None:
+        self._note_trace("Trainer.train_step", iterator.element_spec)
         for _ in tf.range(num_steps):
             if not self._multi_worker and self._stop.flag:  # SIGTERM/SIGINT: stop before the next step.
                 break
@@ -315,6 +435,7 @@ class Trainer:
                           else [v])]
 
     def _eval_loop_fn(self, iterator) -> None:
+        self._note_trace("Trainer.eval_step", iterator.element_spec)
         for _ in tf.range(_MAX_EVAL_STEPS):
             optional = iterator.get_next_as_optional()
             if not optional.has_value():
@@ -367,11 +488,12 @@ class Trainer:
         """
         for metric in self.eval_metrics.values():
             metric.reset_state()
-        if self._coordinator:
-            self._eval_loop(data)
-        else:
-            # A fresh iterator each time: evaluation always starts at the first batch.
-            self._eval_loop(iter(self.strategy.experimental_distribute_dataset(data)))
+        with self.ema_weights():
+            if self._coordinator:
+                self._eval_loop(data)
+            else:
+                # A fresh iterator each time: evaluation always starts at the first batch.
+                self._eval_loop(iter(self.strategy.experimental_distribute_dataset(data)))
         return {name: float(m.result()) for name, m in self.eval_metrics.items()}
 
     def fit(
@@ -435,7 +557,11 @@ class Trainer:
             self._save(step)  # A rollback needs a checkpoint to go back to.
         history: dict[str, list[float]] = {}
         self.stopped_by = None
+        self._stop_reason = None
         first_loop = True
+        cut_points = sorted({int(p) for h in self._all_hooks() if hasattr(h, "stop_points")
+                             for p in h.stop_points(total)})
+        self._call_hooks("train_begin")
         # A signal to one worker must not stop its loop alone (the others would wait
         # in a collective forever), so multi-worker runs leave signals as they are.
         preemption = self._preemption_handler()
@@ -455,6 +581,7 @@ class Trainer:
                         n = min(self.steps_per_loop, epoch_end - step)
                         if self.checkpoint_every_steps:
                             n = min(n, self.checkpoint_every_steps - step % self.checkpoint_every_steps)
+                        n = min([n] + [p - step for p in cut_points if p > step])
                         t0 = time.perf_counter()
                         self._run_loop(iterator, n)
                         logs = {name: float(m.result()) for name, m in self.train_metrics.items()}
@@ -479,6 +606,10 @@ class Trainer:
                         if self.nonfinite_limit and int(self._nonfinite_streak.numpy()) >= self.nonfinite_limit:
                             step, rolled_back = self._handle_nonfinite(step), True
                             break
+                        self._call_hooks("loop_end", dict(logs, step=step))
+                        if self._agree(self._stop_reason is not None):
+                            self.stopped_by = self._stop_reason or "another worker's hook"
+                            break
                         if self.checkpoint_every_steps and step % self.checkpoint_every_steps == 0:
                             self._save(step)
                         if preemption:  # All workers call it at the same steps, as it requires.
@@ -489,8 +620,9 @@ class Trainer:
                     continue
                 path = self._save(step)
                 if self.stopped_by:
-                    say(f"{self.stopped_by} received: stopped after step {step}; checkpoint {path}; "
-                        "rerun the same command to resume")
+                    cause = f"{self.stopped_by} received" if self.stopped_by.startswith("SIG") or \
+                        self.stopped_by == "signal" else self.stopped_by
+                    say(f"{cause}: stopped after step {step}; checkpoint {path}; rerun the same command to resume")
                     break
                 logs["examples_per_second"] = examples / seconds if seconds else logs["examples_per_second"]
                 if "input_wait_percent" in logs:  # Over the whole epoch (first loop included).
@@ -502,6 +634,10 @@ class Trainer:
                     history.setdefault(name, []).append(value)
                 say(f"epoch {epoch + 1}/{num_epochs} step {step}: " +
                     " ".join(f"{k}={format_value(v)}" for k, v in logs.items() if k not in ("step", "epoch")))
+                self._call_hooks("epoch_end", logs)
+                if self._stop_reason:  # Epoch-end decisions (early stopping) agree: the eval metrics do.
+                    self.stopped_by = self._stop_reason
+                    say(f"{self._stop_reason}: stopped after step {step}; checkpoint {path}")
         for writer in self._writers.values():
             writer.flush()
         if not history and eval_data is not None and not self.stopped_by:
@@ -510,7 +646,102 @@ class Trainer:
             logs.update(step=step, epoch=step / steps_per_epoch)
             history = {k: [v] for k, v in logs.items()}
             say(f"already at step {step} of {total}: " + " ".join(f"{k}={format_value(v)}" for k, v in logs.items()))
+        self._call_hooks("train_end", history)
         return history
+
+    # --- Hooks and run control (eager) -------------------------------------------------
+
+    def add_hook(self, event: str, fn: Callable) -> None:
+        """Calls fn(trainer, logs) at `event`: train_begin (logs {}), loop_end, epoch_end or train_end (history).
+
+        Raises:
+          ValueError: on an unknown event.
+        """
+        if event not in HOOK_EVENTS:
+            raise ValueError(f"hook event {event!r} is not one of {', '.join(HOOK_EVENTS)}")
+        self._hooks.append(_CallableHook(event, fn))
+
+    def request_stop(self, reason: str) -> None:
+        """Ends fit at the next loop or epoch end, with a checkpoint; `stopped_by` becomes `reason`."""
+        self._stop_reason = reason
+
+    def say(self, line: str) -> None:
+        """Prints a line above the progress bar (chief only)."""
+        if self.is_chief:
+            EpochProgress.write(line)
+
+    @property
+    def learning_rate_scale(self) -> float:
+        """The factor on the learning-rate schedule (lowered by rollbacks and plateau hooks)."""
+        return float(self._lr_scale.numpy())
+
+    def scale_learning_rate(self, factor: float) -> None:
+        """Multiplies the learning rate from now on by `factor` (saved with checkpoints)."""
+        self._lr_scale.assign(self._lr_scale * factor)
+        if not isinstance(self.optimizer._learning_rate, ScaledSchedule):
+            self.optimizer.learning_rate = self.learning_rate * factor
+
+    def write_scalars(self, split: str, values: Mapping[str, float], step: int) -> None:
+        """Writes TensorBoard scalars to model_dir/<split> (chief only)."""
+        self._write_summaries(split, values, step)
+
+    def write_histograms(self, tensors: Mapping[str, tf.Tensor], step: int) -> None:
+        """Writes TensorBoard histograms to model_dir/train (chief only)."""
+        if not self.model_dir or not self.is_chief:
+            return
+        with self._writer("train").as_default(step=step):
+            for name, value in tensors.items():
+                tf.summary.histogram(name, tf.convert_to_tensor(value))
+
+    def on_train_begin(self) -> None:
+        """Subclass hook: before the first step of fit."""
+
+    def on_loop_end(self, logs: dict[str, float]) -> None:
+        """Subclass hook: after each compiled loop, with its logs."""
+
+    def on_epoch_end(self, logs: dict[str, float]) -> None:
+        """Subclass hook: after each epoch's checkpoint and evaluation."""
+
+    def on_train_end(self, history: dict[str, list[float]]) -> None:
+        """Subclass hook: when fit returns."""
+
+    def _all_hooks(self):
+        return list(self._hooks)
+
+    def _call_hooks(self, event: str, logs=None) -> None:
+        own = getattr(self, f"on_{event}")
+        if event == "train_begin":
+            own()
+        else:
+            own(logs)
+        for hook in self._hooks:
+            method = getattr(hook, f"on_{event}", None)
+            if method is not None:
+                method(self) if event == "train_begin" else method(self, logs)
+
+    def _agree(self, flag: bool) -> bool:
+        """Multi-worker: True if any worker's flag is set, so all stop at the same step."""
+        if not (self._multi_worker and isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)):
+            return flag
+        value = tf.constant(1.0 if flag else 0.0)
+        total = self.strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                     self.strategy.run(lambda: tf.identity(value)), axis=None)
+        return float(total) > 0
+
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """Within the block the model holds the moving averages (no-op without ema_decay)."""
+        if not self._ema_pairs:
+            yield
+            return
+        saved = [tf.identity(tf.convert_to_tensor(v)) for v, _ in self._ema_pairs]
+        for v, shadow in self._ema_pairs:
+            v.assign(tf.convert_to_tensor(shadow))
+        try:
+            yield
+        finally:
+            for (v, _), value in zip(self._ema_pairs, saved):
+                v.assign(value)
 
     # --- Eager helpers ----------------------------------------------------------------
 
@@ -562,9 +793,7 @@ class Trainer:
         if not self.checkpointer or not self.checkpointer.latest:
             raise NonFiniteError(f"{where}, and no checkpoint to roll back to (set model_dir)")
         path = self.checkpointer.restore_latest()
-        self._lr_scale.assign(self._lr_scale * self.rollback_lr_factor)
-        if not isinstance(self.optimizer._learning_rate, ScaledSchedule):
-            self.optimizer.learning_rate = self.learning_rate * self.rollback_lr_factor
+        self.scale_learning_rate(self.rollback_lr_factor)
         self._nonfinite_total.assign(total)  # The count covers the whole run, rollbacks included.
         self._nonfinite_streak.assign(0)
         self._last_saved_step = self.global_step
@@ -576,7 +805,9 @@ class Trainer:
     def _evaluate_and_log(self, eval_data, step: int) -> dict[str, float]:
         results = self.evaluate(eval_data)
         self._write_summaries("eval", results, step)
-        if self.best and self.best.update(step, {f"eval_{k}": v for k, v in results.items()}):
+        with self.ema_weights():  # The best checkpoint holds the weights that were evaluated.
+            improved = self.best and self.best.update(step, {f"eval_{k}": v for k, v in results.items()})
+        if improved:
             if self.is_chief:
                 EpochProgress.write(f"new best {self.best.metric}={format_value(self.best.info['value'])} "
                                     f"at step {step}")
@@ -593,11 +824,14 @@ class Trainer:
             self._last_saved_step = step
         return self.checkpointer.latest
 
+    def _writer(self, split: str) -> tf.summary.SummaryWriter:
+        if split not in self._writers:
+            self._writers[split] = tf.summary.create_file_writer(os.path.join(self.model_dir, split))
+        return self._writers[split]
+
     def _write_summaries(self, split: str, logs: Mapping[str, float], step: int) -> None:
         if not self.model_dir or not self.is_chief:
             return
-        if split not in self._writers:
-            self._writers[split] = tf.summary.create_file_writer(os.path.join(self.model_dir, split))
-        with self._writers[split].as_default(step=step):
+        with self._writer(split).as_default(step=step):
             for name, value in logs.items():
                 tf.summary.scalar(name, value)

@@ -64,6 +64,33 @@ class TrainConfig:
     rollback_lr_factor: float = 0.5
     best_metric: str = "eval_accuracy"
     progress: bool = True
+    train_data: str | None = None
+    eval_data: str | None = None
+    augment: str = "cifar"
+    image_size: tuple[int, ...] = ()
+    cache: str = "decoded"
+    normalize: str = "channel"
+    skip_bad_examples: bool = False
+    optimizer: str = "sgd"
+    nesterov: bool = False
+    decoupled_weight_decay: float | None = None
+    clip_norm: float | None = None
+    accumulation_steps: int = 1
+    precision: str = "float32"
+    ema_decay: float = 0.0
+    label_smoothing: float = 0.0
+    lr_schedule: str = "piecewise"
+    warmup_epochs: float = 0.0
+    plateau_patience: int = 0
+    plateau_factor: float = 0.1
+    plateau_metric: str = "eval_loss"
+    early_stopping_patience: int = 0
+    early_stopping_metric: str = "eval_loss"
+    early_stopping_min_delta: float = 0.0
+    restore_best: bool = True
+    histogram_every_epochs: int = 0
+    profile_steps: tuple[int, ...] = ()
+    max_time: float | None = None
 
     def __post_init__(self):
         def positive(name, value, allow_none=False):
@@ -119,6 +146,34 @@ class TrainConfig:
             raise ValueError(f"--rollback_lr_factor={self.rollback_lr_factor:g} must be in (0, 1]")
         if self.best_metric and self.best_metric not in ("eval_loss", "eval_accuracy"):
             raise ValueError(f"--best_metric={self.best_metric!r} must be eval_loss, eval_accuracy or empty")
+        for name in ("train_data", "eval_data"):
+            path = getattr(self, name)
+            if path and not os.path.exists(path) and not any(ch in path for ch in "*?["):
+                raise ValueError(f"--{name}={path} does not exist")
+        if self.eval_data and not self.train_data:
+            raise ValueError("--eval_data needs --train_data")
+        if self.image_size and (len(self.image_size) != 2 or min(self.image_size) < 1):
+            raise ValueError(f"--image_size={','.join(map(str, self.image_size))} must be height,width")
+        positive("accumulation_steps", self.accumulation_steps)
+        positive("clip_norm", self.clip_norm, allow_none=True)
+        positive("max_time", self.max_time, allow_none=True)
+        if not 0 <= self.ema_decay < 1:
+            raise ValueError(f"--ema_decay={self.ema_decay:g} must be in [0, 1) (0: off)")
+        if not 0 <= self.label_smoothing < 1:
+            raise ValueError(f"--label_smoothing={self.label_smoothing:g} must be in [0, 1)")
+        if self.decoupled_weight_decay is not None and self.decoupled_weight_decay < 0:
+            raise ValueError(f"--decoupled_weight_decay={self.decoupled_weight_decay:g} must not be negative")
+        if self.warmup_epochs < 0:
+            raise ValueError(f"--warmup_epochs={self.warmup_epochs:g} must not be negative")
+        for name in ("plateau_patience", "early_stopping_patience", "histogram_every_epochs"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"--{name}={getattr(self, name)} must be 0 (off) or positive")
+        if not 0 < self.plateau_factor < 1:
+            raise ValueError(f"--plateau_factor={self.plateau_factor:g} must be in (0, 1)")
+        if self.profile_steps and (len(self.profile_steps) != 2 or not 0 <= self.profile_steps[0]
+                                   < self.profile_steps[1]):
+            raise ValueError(f"--profile_steps={','.join(map(str, self.profile_steps))} must be start,stop "
+                             "with 0 <= start < stop")
         if len(self.lr_boundaries) != len(self.lr_multipliers):
             raise ValueError(f"--lr_boundaries has {len(self.lr_boundaries)} values but --lr_multipliers has "
                              f"{len(self.lr_multipliers)}: give one multiplier per boundary")

@@ -4,16 +4,20 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 
 import keras
 import tensorflow as tf
 
 import models
-from datasets import augment, cifar10, in_memory
+from datasets import augment, cifar10, images, in_memory, sources
 from models import transfer
 from engine import EpochInput, Trainer, configure_cpu_devices, create_strategy, distribution
-from engine import piecewise_constant_by_epoch
+from engine import hooks as hooks_lib
+from engine.losses import sparse_categorical_crossentropy
+from engine.optimizers import build_optimizer, set_precision
+from engine.schedules import build_schedule
 from engine.progress import EpochProgress
 from launch.config import TrainConfig
 
@@ -97,72 +101,150 @@ def prepare(config: TrainConfig) -> Run:
     strategy = create_strategy(config.strategy, cluster, collective_timeout_s=config.collective_timeout_s)
     replicas = strategy.num_replicas_in_sync
     global_batch = config.global_batch(replicas)
-    data = cifar10.load(config.data_dir)
-    steps_per_epoch = in_memory.steps_per_epoch(len(data.train.labels), global_batch)
     say = EpochProgress.write if distribution.is_chief(strategy) else (lambda line: None)
-    say(
-            f"{data.source}: {len(data.train.labels)} train, {len(data.test.labels)} test examples; "
-            f"{replicas} replica(s), per-replica batch {global_batch // replicas}, global batch {global_batch}, "
-            f"{steps_per_epoch} steps per epoch")
-    train_input = EpochInput(
-        in_memory.train_dataset_fn(data.train.images, data.train.labels,
-                                   global_batch_size=global_batch, seed=config.seed),
-        steps_per_epoch)
-    eval_data = in_memory.eval_dataset(data.test.images, data.test.labels, global_batch_size=global_batch)
-    schedule = piecewise_constant_by_epoch(config.scaled_learning_rate(global_batch), config.lr_boundaries,
-                                           config.lr_multipliers, steps_per_epoch)
+    data = _load_data(config, global_batch, progress=config.progress and distribution.is_chief(strategy))
+    steps_per_epoch = data.steps_per_epoch
+    say(f"{data.source}: {data.num_train} train, {data.num_eval} eval examples; "
+        f"{replicas} replica(s), per-replica batch {global_batch // replicas}, global batch {global_batch}, "
+        f"{steps_per_epoch} steps per epoch")
+    for line in data.skipped:
+        say(f"skipped bad example {line}")
+    train_input = EpochInput(data.train_fn, steps_per_epoch)
+    # The schedule counts optimizer updates: accumulation_steps batches make one.
+    k = config.accumulation_steps
+    total_batches = config.train_steps or int(round(config.epochs * steps_per_epoch))
+    schedule = build_schedule(config.lr_schedule, config.scaled_learning_rate(global_batch * k),
+                              steps_per_epoch=steps_per_epoch / k if k > 1 else steps_per_epoch,
+                              total_steps=max(2, math.ceil(total_batches / k)), boundaries=config.lr_boundaries,
+                              multipliers=config.lr_multipliers, warmup_epochs=config.warmup_epochs)
     keras.utils.set_random_seed(config.seed)
+    set_precision(config.precision)
     with strategy.scope():
-        model, backbone = _build_model(config, data.train.images.shape[1:])
-        optimizer = keras.optimizers.SGD(learning_rate=schedule, momentum=config.momentum)
+        model, backbone = _build_model(config, data.image_shape, len(data.class_names), data.normalize)
+        optimizer = build_optimizer(config.optimizer, schedule, momentum=config.momentum, nesterov=config.nesterov,
+                                    weight_decay=config.decoupled_weight_decay, clip_norm=config.clip_norm,
+                                    loss_scale=config.precision == "float16")
     say(f"model {config.backbone or config.model} ({model.count_params():,} parameters, "
-        f"{sum(int(v.numpy().size) for v in model.trainable_variables):,} trainable), SGD momentum "
-        f"{config.momentum}, learning rate {config.scaled_learning_rate(global_batch):g}")
+        f"{sum(int(v.numpy().size) for v in model.trainable_variables):,} trainable), {config.optimizer} "
+        f"(momentum {config.momentum}), {config.lr_schedule} learning rate "
+        f"{config.scaled_learning_rate(global_batch * k):g}, {config.precision}")
     finetuning = config.finetune_after_epochs is not None
     trainer = _trainer(config, model, optimizer, strategy, global_batch)
+    if data.skipped and trainer.is_chief:
+        trainer.add_hook("train_begin", lambda t, logs: t.write_scalars(
+            "train", {"skipped_bad_examples": float(len(data.skipped))}, t.global_step))
     trainer.restore()
     if trainer.is_chief:
-        save_run_files(config.model_dir, model, image_shape=data.train.images.shape[1:],
-                       class_names=cifar10.CLASS_NAMES)
-    return Run(config, trainer, train_input, eval_data, backbone=backbone if finetuning else None,
+        save_run_files(config.model_dir, model, image_shape=data.image_shape, class_names=data.class_names,
+                       normalize=data.normalize)
+    return Run(config, trainer, train_input, data.eval_data, backbone=backbone if finetuning else None,
                schedule=schedule)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Data:
+    train_fn: object
+    steps_per_epoch: int
+    eval_data: tf.data.Dataset | None
+    image_shape: tuple[int, int, int]
+    class_names: tuple[str, ...]
+    normalize: dict
+    num_train: int
+    num_eval: int
+    skipped: list[str]
+    source: str
+
+
+def _load_data(config: TrainConfig, global_batch: int, progress: bool) -> _Data:
+    """--train_data/--eval_data through datasets.images, or CIFAR-10 from --data_dir."""
+    if config.train_data:
+        train = sources.image_source(config.train_data)
+        eval_index = sources.image_source(config.eval_data, train.class_names) if config.eval_data else None
+        if eval_index is not None and eval_index.num_classes != train.num_classes:
+            raise ValueError(f"--eval_data={config.eval_data} has {eval_index.num_classes} classes but "
+                             f"--train_data={config.train_data} has {train.num_classes}")
+        p = images.build(train, eval_index, global_batch_size=global_batch, seed=config.seed,
+                         augment_names=config.augment, image_size=config.image_size or None, cache=config.cache,
+                         normalize=config.normalize, skip_bad=config.skip_bad_examples, progress=progress)
+        return _Data(p.train_fn, p.steps_per_epoch, p.eval_data, p.image_shape, p.class_names, p.normalize,
+                     p.num_train, p.num_eval, p.skipped, f"{config.train_data} (cache {config.cache})")
+    data = cifar10.load(config.data_dir)
+    recipe, per_image = augment.parse_recipe(config.augment)
+    if per_image:
+        raise ValueError("--augment=imagenet needs --train_data (image files); CIFAR-10 from --data_dir is 32x32")
+    spec = {"kind": "channel", "mean": list(augment.CIFAR10_MEAN), "std": list(augment.CIFAR10_STD)}
+    train_fn = in_memory.train_dataset_fn(data.train.images, data.train.labels, global_batch_size=global_batch,
+                                          seed=config.seed, recipe=recipe)
+    eval_data = in_memory.eval_dataset(data.test.images, data.test.labels, global_batch_size=global_batch)
+    steps = in_memory.steps_per_epoch(len(data.train.labels), global_batch)
+    return _Data(train_fn, steps, eval_data, data.train.images.shape[1:], cifar10.CLASS_NAMES, spec,
+                 len(data.train.labels), len(data.test.labels), [], data.source)
+
+
 def _trainer(config: TrainConfig, model, optimizer, strategy, global_batch: int, model_dir: str | None = None):
+    model_dir = model_dir or config.model_dir
+    hooks: list[object] = [hooks_lib.HistoryLogger(model_dir)]
+    if config.early_stopping_patience:
+        hooks.append(hooks_lib.EarlyStopping(config.early_stopping_metric, patience=config.early_stopping_patience,
+                                             min_delta=config.early_stopping_min_delta,
+                                             restore_best=config.restore_best))
+    if config.plateau_patience:
+        hooks.append(hooks_lib.ReduceLROnPlateau(config.plateau_metric, factor=config.plateau_factor,
+                                                 patience=config.plateau_patience))
+    if config.histogram_every_epochs:
+        hooks.append(hooks_lib.WeightHistograms(config.histogram_every_epochs))
+    if config.profile_steps:
+        hooks.append(hooks_lib.Profiler(os.path.join(model_dir, "train"), *config.profile_steps))
+    if config.max_time:
+        hooks.append(hooks_lib.MaxTime(config.max_time))
     return Trainer(
         model=model, optimizer=optimizer,
-        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
-        global_batch_size=global_batch, strategy=strategy, model_dir=model_dir or config.model_dir,
+        loss=sparse_categorical_crossentropy(label_smoothing=config.label_smoothing),
+        eval_loss=sparse_categorical_crossentropy(),
+        global_batch_size=global_batch, strategy=strategy, model_dir=model_dir,
         steps_per_loop=config.steps_per_loop, checkpoint_every_steps=config.checkpoint_every_steps,
         keep_checkpoints=config.keep_checkpoints, nonfinite_limit=config.nonfinite_limit or None,
         nonfinite_action=config.nonfinite_action, rollback_lr_factor=config.rollback_lr_factor,
-        best_metric=config.best_metric or None, progress=config.progress)
+        best_metric=config.best_metric or None, progress=config.progress, hooks=hooks,
+        accumulation_steps=config.accumulation_steps, ema_decay=config.ema_decay or None)
 
 
-def _build_model(config: TrainConfig, image_shape) -> tuple[keras.Model, keras.Model | None]:
+def _build_model(config: TrainConfig, image_shape, num_classes: int,
+                 normalize: dict) -> tuple[keras.Model, keras.Model | None]:
     """The --model network, or a transfer model on --backbone; returns (model, backbone or None)."""
     if not config.backbone:
-        return models.build(config.model, num_classes=cifar10.NUM_CLASSES, weight_decay=config.weight_decay), None
+        return models.build(config.model, num_classes=num_classes, weight_decay=config.weight_decay), None
     preprocess = []
     if config.backbone in transfer.APPLICATIONS:
         shape = (*(config.resize_to or image_shape[:2]), 3)
         backbone = transfer.applications_backbone(config.backbone, input_shape=shape, weights=config.backbone_weights)
-        # The pipeline standardises images; the application wants its own preprocessing of [0, 255] pixels.
-        preprocess = [keras.layers.Normalization(mean=augment.CIFAR10_MEAN,
-                                                 variance=[s * s for s in augment.CIFAR10_STD], invert=True),
-                      transfer.ApplicationPreprocess(config.backbone)]
+        # The pipeline normalises images; the application wants its own preprocessing of [0, 255] pixels.
+        preprocess = [_undo_normalization(normalize), transfer.ApplicationPreprocess(config.backbone)]
     else:
         backbone = transfer.saved_backbone(config.backbone, transfer.parse_cut(config.backbone_cut))
-    model = transfer.transfer_model(backbone, num_classes=cifar10.NUM_CLASSES, input_shape=tuple(image_shape),
+    model = transfer.transfer_model(backbone, num_classes=num_classes, input_shape=tuple(image_shape),
                                     resize_to=config.resize_to or None, dropout=config.dropout, preprocess=preprocess)
     return model, backbone
+
+
+def _undo_normalization(spec: dict) -> keras.layers.Layer:
+    """A layer mapping the pipeline's normalised images back to [0, 255] pixels."""
+    kind = spec.get("kind", "channel")
+    if kind == "channel":
+        return keras.layers.Normalization(mean=spec["mean"], variance=[s * s for s in spec["std"]], invert=True)
+    if kind == "unit":
+        return keras.layers.Rescaling(255.0)
+    if kind == "imagenet":
+        return keras.layers.Normalization(mean=[-m for m in augment.IMAGENET_MEAN], variance=[1.0, 1.0, 1.0])
+    raise ValueError(f"--normalize={kind} cannot be undone for a keras.applications backbone; use channel, "
+                     "unit or imagenet")
 
 
 RUN_JSON = "run.json"
 MODEL_FILE = "model.keras"
 
 
-def save_run_files(model_dir: str, model: keras.Model, *, image_shape, class_names) -> None:
+def save_run_files(model_dir: str, model: keras.Model, *, image_shape, class_names, normalize: dict) -> None:
     """Writes what export, predict and evaluate need beside the checkpoints.
 
     `model.keras` holds the architecture (its weights come from a checkpoint) and
@@ -171,7 +253,7 @@ def save_run_files(model_dir: str, model: keras.Model, *, image_shape, class_nam
     os.makedirs(model_dir, exist_ok=True)
     model.save(os.path.join(model_dir, MODEL_FILE))
     info = {"image_shape": [int(d) for d in image_shape], "class_names": list(class_names),
-            "normalize": {"mean": list(augment.CIFAR10_MEAN), "std": list(augment.CIFAR10_STD)}}
+            "normalize": normalize}
     with open(os.path.join(model_dir, RUN_JSON), "w") as f:
         json.dump(info, f, indent=1)
 
@@ -208,13 +290,19 @@ def load_trained(model_dir: str, checkpoint: str = "latest") -> tuple[keras.Mode
     if not path or not tf.io.gfile.exists(path + ".index"):
         raise ValueError(f"no checkpoint {checkpoint!r} in {model_dir}")
     tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
+    if any(name.startswith("ema/") for name, _ in tf.train.list_variables(path)):
+        # Trained with --ema_decay: serve the moving averages, as evaluation did.
+        weights = [v for v in model.weights if tf.as_dtype(v.dtype).is_floating]
+        shadows = [tf.Variable(tf.zeros(v.shape, v.dtype)) for v in weights]
+        tf.train.Checkpoint(ema=shadows).restore(path).expect_partial().assert_existing_objects_matched()
+        for v, shadow in zip(weights, shadows):
+            v.assign(shadow)
     return model, info, path
 
 
 def normalizer(info: dict):
     """The run's preprocessing: uint8 images -> normalised float32."""
-    mean, std = info["normalize"]["mean"], info["normalize"]["std"]
-    return lambda images: augment.normalize(images, mean, std)
+    return augment.normalizer(info["normalize"])
 
 
 def serve(cluster: distribution.Cluster) -> None:

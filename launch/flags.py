@@ -69,3 +69,50 @@ def define_train_flags() -> None:
     flags.DEFINE_string("best_metric", "eval_accuracy", "Keep the checkpoint with the best value of this eval "
                         "metric in <model_dir>/best (empty: keep none).")
     flags.DEFINE_bool("progress", True, "Show a progress bar per epoch.")
+    # Input pipelines (datasets.images): any image source instead of --data_dir's CIFAR-10.
+    flags.DEFINE_string("train_data", None, "Training images: a folder of class folders, a CSV index "
+                        "('<path>,<class id>' rows, paths relative to the CSV) or a TFRecord glob "
+                        "(datasets.to_tfrecord). Replaces --data_dir.")
+    flags.DEFINE_string("eval_data", None, "Evaluation images, in any of --train_data's forms.")
+    flags.DEFINE_string("augment", "cifar", "Augmentation recipes, comma-separated, applied in order: "
+                        "cifar (pad-crop-flip), flip, jitter (brightness/contrast), affine (rotation/shift/"
+                        "shear/zoom/flip, as ImageDataGenerator), imagenet (random resize+224 crop; first), none.")
+    flags.DEFINE_list("image_size", None, "height,width to resize --train_data images to (imagenet: the crop).")
+    flags.DEFINE_enum("cache", "decoded", ["decoded", "encoded", "none"], "--train_data: decode every image once "
+                      "into memory (decoded), keep the file bytes in memory (encoded), or read files every epoch.")
+    flags.DEFINE_enum("normalize", "channel", ["channel", "per_image", "imagenet", "unit"],
+                      "--train_data: per-channel mean/std of the training images, per-image standardisation, "
+                      "ImageNet mean subtraction, or /255.")
+    flags.DEFINE_bool("skip_bad_examples", False, "Leave out images that are missing, empty or undecodable "
+                      "(counted and reported) instead of stopping with their name.")
+    # Optimisation.
+    flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam", "adamw", "rmsprop", "nadam"], "Optimizer.")
+    flags.DEFINE_bool("nesterov", False, "SGD with Nesterov momentum.")
+    flags.DEFINE_float("decoupled_weight_decay", 0.0, "Decoupled weight decay per step, times the learning rate "
+                       "(AdamW-style; adamw defaults to 0.004 when 0 is not given explicitly). Separate from "
+                       "--weight_decay, the L2 loss on kernels.")
+    flags.DEFINE_float("clip_norm", None, "Clip gradients to this global L2 norm.")
+    flags.DEFINE_integer("accumulation_steps", 1, "Accumulate gradients over this many global batches per update.")
+    flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16", "float16"], "Compute precision "
+                      "(mixed: weights stay float32; float16 adds loss scaling).")
+    flags.DEFINE_float("ema_decay", 0.0, "Moving average of the weights for evaluation and export (e.g. 0.999); "
+                       "0 for none.")
+    flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the training loss.")
+    flags.DEFINE_enum("lr_schedule", "piecewise", ["piecewise", "constant", "cosine", "onecycle"],
+                      "Learning-rate schedule (piecewise uses --lr_boundaries/--lr_multipliers; onecycle peaks at "
+                      "--learning_rate).")
+    flags.DEFINE_float("warmup_epochs", 0.0, "Linear learning-rate warm-up over this many epochs.")
+    flags.DEFINE_integer("plateau_patience", 0, "Multiply the learning rate by --plateau_factor after this many "
+                         "epochs without a better --plateau_metric; 0 turns it off.")
+    flags.DEFINE_float("plateau_factor", 0.1, "Learning-rate factor on a plateau.")
+    flags.DEFINE_string("plateau_metric", "eval_loss", "Epoch-end metric watched for plateaus.")
+    # Hooks.
+    flags.DEFINE_integer("early_stopping_patience", 0, "Stop after this many epochs without a better "
+                         "--early_stopping_metric; 0 turns it off.")
+    flags.DEFINE_string("early_stopping_metric", "eval_loss", "Epoch-end metric watched by early stopping.")
+    flags.DEFINE_float("early_stopping_min_delta", 0.0, "Smallest change that counts as better.")
+    flags.DEFINE_bool("restore_best", True, "On early stopping, restore the best epoch's weights.")
+    flags.DEFINE_integer("histogram_every_epochs", 0, "TensorBoard weight histograms every this many epochs; 0: off.")
+    flags.DEFINE_list("profile_steps", None, "start,stop: record the TensorFlow profiler over these global steps.")
+    flags.DEFINE_float("max_time", None, "Wall-clock budget in seconds: checkpoint and stop at the first loop end "
+                       "past it (rerun to go on).")

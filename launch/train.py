@@ -58,7 +58,22 @@ def config_from_flags() -> TrainConfig:
         momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay, seed=FLAGS.seed,
         deterministic=FLAGS.deterministic, nonfinite_limit=FLAGS.nonfinite_limit,
         nonfinite_action=FLAGS.nonfinite_action, rollback_lr_factor=FLAGS.rollback_lr_factor,
-        best_metric=FLAGS.best_metric, progress=FLAGS.progress)
+        best_metric=FLAGS.best_metric, progress=FLAGS.progress,
+        train_data=FLAGS.train_data, eval_data=FLAGS.eval_data, augment=FLAGS.augment,
+        image_size=tuple(int(v) for v in parse_floats("image_size", FLAGS.image_size)), cache=FLAGS.cache,
+        normalize=FLAGS.normalize, skip_bad_examples=FLAGS.skip_bad_examples,
+        optimizer=FLAGS.optimizer, nesterov=FLAGS.nesterov,
+        decoupled_weight_decay=(FLAGS.decoupled_weight_decay if FLAGS["decoupled_weight_decay"].present
+                                or FLAGS.optimizer != "adamw" else None),
+        clip_norm=FLAGS.clip_norm, accumulation_steps=FLAGS.accumulation_steps, precision=FLAGS.precision,
+        ema_decay=FLAGS.ema_decay, label_smoothing=FLAGS.label_smoothing, lr_schedule=FLAGS.lr_schedule,
+        warmup_epochs=FLAGS.warmup_epochs, plateau_patience=FLAGS.plateau_patience,
+        plateau_factor=FLAGS.plateau_factor, plateau_metric=FLAGS.plateau_metric,
+        early_stopping_patience=FLAGS.early_stopping_patience, early_stopping_metric=FLAGS.early_stopping_metric,
+        early_stopping_min_delta=FLAGS.early_stopping_min_delta, restore_best=FLAGS.restore_best,
+        histogram_every_epochs=FLAGS.histogram_every_epochs,
+        profile_steps=tuple(int(v) for v in parse_floats("profile_steps", FLAGS.profile_steps)),
+        max_time=FLAGS.max_time)
 
 
 def main(argv: list[str]) -> None:

@@ -1,0 +1,282 @@
+"""Hooks: code that runs at fixed points of Trainer.fit, without touching the loop.
+
+A hook is any object with some of these methods (all optional):
+
+    on_train_begin(trainer)                 before the first step of fit
+    on_loop_end(trainer, logs)              after each compiled loop (steps_per_loop steps)
+    on_epoch_end(trainer, logs)             after each epoch's checkpoint and evaluation
+    on_train_end(trainer, history)          when fit returns
+and optionally `stop_points(total_steps) -> iterable of steps` at which the
+Trainer must end a loop (so that, e.g., the profiler starts exactly at step 10).
+`logs` maps names to floats: the train metrics, learning_rate,
+examples_per_second, input_wait_percent, step, and at epoch ends epoch and the
+eval metrics prefixed "eval_". A plain callable hook(trainer, logs) is added with
+`Trainer.add_hook(event, fn)`, and a Trainer subclass may override the same
+methods on itself. A hook ends training early with `trainer.request_stop(reason)`:
+the Trainer checkpoints and fit returns.
+
+The hooks here are the ones users expect from Keras callbacks and Lightning:
+EarlyStopping, ReduceLROnPlateau, HistoryLogger (CSV and JSON), WeightHistograms,
+Profiler and MaxTime.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import time
+from typing import Sequence
+
+import numpy as np
+import tensorflow as tf
+
+HOOK_EVENTS = ("train_begin", "loop_end", "epoch_end", "train_end")
+
+
+def _better(mode: str, value: float, best: float, min_delta: float) -> bool:
+    return value < best - min_delta if mode == "min" else value > best + min_delta
+
+
+def _mode_for(metric: str, mode: str | None) -> str:
+    if mode is not None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode={mode!r} must be min or max")
+        return mode
+    return "min" if metric.endswith("loss") else "max"
+
+
+class EarlyStopping:
+    """Stops training when an epoch-end metric stops improving; can restore the best weights.
+
+    Args:
+      metric: a key of the epoch-end logs, e.g. "eval_loss" or "eval_accuracy".
+      patience: epochs without improvement before stopping, >= 1.
+      min_delta: the smallest change that counts as an improvement.
+      mode: "min" or "max"; default "min" for names ending in "loss", else "max".
+      restore_best: on stopping (and at the end of fit), set the model's weights
+        to those of the best epoch, kept in host memory.
+
+    Raises:
+      ValueError: on a bad patience, min_delta or mode; KeyError at the first
+        epoch end if `metric` is not logged (the message lists those that are).
+    """
+
+    def __init__(self, metric: str = "eval_loss", *, patience: int = 3, min_delta: float = 0.0,
+                 mode: str | None = None, restore_best: bool = True):
+        if patience < 1:
+            raise ValueError(f"early stopping patience={patience} must be at least 1")
+        if min_delta < 0:
+            raise ValueError(f"early stopping min_delta={min_delta} must not be negative")
+        self.metric, self.patience, self.min_delta = metric, patience, min_delta
+        self.mode = _mode_for(metric, mode)
+        self.restore_best = restore_best
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.best_step: int | None = None
+        self.wait = 0
+        self.stopped_at: int | None = None
+        self._weights = None
+
+    def on_epoch_end(self, trainer, logs):
+        if self.metric not in logs:
+            raise KeyError(f"early stopping metric {self.metric!r} is not logged; logged: {', '.join(sorted(logs))}")
+        value = logs[self.metric]
+        if _better(self.mode, value, self.best, self.min_delta):
+            self.best, self.best_step, self.wait = value, int(logs["step"]), 0
+            if self.restore_best:
+                self._weights = [np.array(v) for v in trainer.model.get_weights()]
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            self.stopped_at = int(logs["step"])
+            trainer.request_stop(f"early stopping: {self.metric} has not improved on {self.best:.4g} "
+                                 f"(step {self.best_step}) for {self.wait} epochs")
+
+    def on_train_end(self, trainer, history):
+        del history
+        if self.restore_best and self._weights is not None and self.stopped_at is not None:
+            trainer.model.set_weights(self._weights)
+            trainer.say(f"early stopping: restored the weights of step {self.best_step} "
+                        f"({self.metric}={self.best:.4g})")
+
+
+class ReduceLROnPlateau:
+    """Multiplies the learning rate by `factor` when an epoch-end metric stalls.
+
+    The scale is applied through Trainer.scale_learning_rate, so it multiplies any
+    schedule and is saved in checkpoints (a resumed run keeps the lowered rate).
+
+    Args:
+      metric, mode, min_delta: as EarlyStopping.
+      patience: epochs without improvement before each reduction.
+      factor: in (0, 1).
+      min_scale: do not scale the learning rate below this fraction of the schedule.
+    """
+
+    def __init__(self, metric: str = "eval_loss", *, factor: float = 0.1, patience: int = 2,
+                 min_delta: float = 0.0, mode: str | None = None, min_scale: float = 1e-3):
+        if not 0 < factor < 1:
+            raise ValueError(f"plateau factor={factor} must be in (0, 1)")
+        if patience < 1:
+            raise ValueError(f"plateau patience={patience} must be at least 1")
+        self.metric, self.factor, self.patience, self.min_delta = metric, factor, patience, min_delta
+        self.mode = _mode_for(metric, mode)
+        self.min_scale = min_scale
+        self.best = math.inf if self.mode == "min" else -math.inf
+        self.wait = 0
+
+    def on_epoch_end(self, trainer, logs):
+        value = logs[self.metric]
+        if _better(self.mode, value, self.best, self.min_delta):
+            self.best, self.wait = value, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience and trainer.learning_rate_scale * self.factor >= self.min_scale:
+            trainer.scale_learning_rate(self.factor)
+            trainer.say(f"plateau: {self.metric} has not improved for {self.wait} epochs; learning rate now "
+                        f"{trainer.learning_rate:.4g}")
+            self.wait = 0
+
+
+class HistoryLogger:
+    """Appends each epoch's logs to <folder>/history.csv and rewrites <folder>/history.json.
+
+    A resumed run reads the JSON back and goes on after the last step it holds, so
+    the files cover the whole run once. launch.plot draws them.
+
+    Args:
+      folder: where to write (usually the model_dir).
+    """
+
+    def __init__(self, folder: str):
+        self.folder = folder
+        self.json_path = os.path.join(folder, "history.json")
+        self.csv_path = os.path.join(folder, "history.csv")
+        self.rows: list[dict] = []
+
+    def on_train_begin(self, trainer):
+        del trainer
+        if os.path.isfile(self.json_path):
+            with open(self.json_path) as f:
+                self.rows = json.load(f)
+
+    def on_epoch_end(self, trainer, logs):
+        if not trainer.is_chief:
+            return
+        # Rows after this step were written by a run that later rolled back or resumed earlier.
+        self.rows = [r for r in self.rows if r["step"] < logs["step"]] + [dict(logs)]
+        os.makedirs(self.folder, exist_ok=True)
+        tmp = self.json_path + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(self.rows, f, indent=1)
+        os.replace(tmp, self.json_path)
+        columns = sorted({k for r in self.rows for k in r}, key=lambda k: (k not in ("epoch", "step"), k))
+        with open(self.csv_path + ".tmp", "w", newline="") as f:
+            writer = csv.DictWriter(f, columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+        os.replace(self.csv_path + ".tmp", self.csv_path)
+
+
+class WeightHistograms:
+    """Writes a TensorBoard histogram of every trainable variable every `every_epochs` epochs.
+
+    Written to <model_dir>/train under "weights/<variable path>" at the epoch's step.
+    """
+
+    def __init__(self, every_epochs: int = 1):
+        if every_epochs < 1:
+            raise ValueError(f"histogram every_epochs={every_epochs} must be at least 1")
+        self.every_epochs = every_epochs
+
+    def on_epoch_end(self, trainer, logs):
+        epoch = int(round(logs["epoch"]))
+        if epoch % self.every_epochs == 0:
+            trainer.write_histograms({f"weights/{getattr(v, 'path', v.name)}": v
+                                      for v in trainer.model.trainable_variables}, int(logs["step"]))
+
+
+class Profiler:
+    """Records the TensorFlow profiler over steps [start, stop), for TensorBoard's profile tab.
+
+    The trace lands in <logdir>/plugins/profile/<run>/; open TensorBoard on the
+    model_dir (pip install tensorboard-plugin-profile for the Profile tab).
+
+    Args:
+      logdir: usually <model_dir>/train.
+      start, stop: global steps, 0 <= start < stop.
+    """
+
+    def __init__(self, logdir: str, start: int, stop: int):
+        if not 0 <= start < stop:
+            raise ValueError(f"--profile_steps={start},{stop}: need 0 <= start < stop")
+        self.logdir, self.start, self.stop = logdir, start, stop
+        self.active = False
+        self.done = False
+
+    def stop_points(self, total_steps):
+        del total_steps
+        return (self.start, self.stop)
+
+    def _maybe_start(self, trainer):
+        if not self.active and not self.done and self.start <= trainer.global_step < self.stop:
+            tf.profiler.experimental.start(self.logdir)
+            self.active = True
+
+    def on_train_begin(self, trainer):
+        self._maybe_start(trainer)
+
+    def on_loop_end(self, trainer, logs):
+        del logs
+        if self.active and trainer.global_step >= self.stop:
+            tf.profiler.experimental.stop()
+            self.active, self.done = False, True
+            trainer.say(f"profiled steps {self.start}-{self.stop} into {self.logdir}")
+        self._maybe_start(trainer)
+
+    def on_train_end(self, trainer, history):
+        del history
+        if self.active:
+            tf.profiler.experimental.stop()
+            self.active, self.done = False, True
+            trainer.say(f"profiled steps {self.start}-{trainer.global_step} into {self.logdir}")
+
+
+class MaxTime:
+    """A wall-clock budget: stops (with a checkpoint) at the first loop end past `seconds`.
+
+    Counted from the start of this fit call; rerunning resumes from the checkpoint.
+    """
+
+    def __init__(self, seconds: float):
+        if seconds <= 0:
+            raise ValueError(f"--max_time={seconds} must be positive (seconds)")
+        self.seconds = seconds
+        self._start = None
+
+    def on_train_begin(self, trainer):
+        del trainer
+        self._start = time.monotonic()
+
+    def on_loop_end(self, trainer, logs):
+        del logs
+        if time.monotonic() - self._start >= self.seconds:
+            trainer.request_stop(f"max_time of {self.seconds:g} s reached")
+
+
+def parse_profile_steps(values: Sequence[str] | None) -> tuple[int, int] | None:
+    """Parses --profile_steps=start,stop; None or empty when not given.
+
+    Raises:
+      ValueError: unless two integers 0 <= start < stop.
+    """
+    if not values:
+        return None
+    try:
+        start, stop = (int(v) for v in values)
+    except ValueError:
+        raise ValueError(f"--profile_steps={','.join(values)} must be two integers start,stop") from None
+    if not 0 <= start < stop:
+        raise ValueError(f"--profile_steps={start},{stop}: need 0 <= start < stop")
+    return start, stop
