@@ -48,6 +48,13 @@ def _default_metrics() -> dict[str, keras.metrics.Metric]:
     return {"accuracy": keras.metrics.SparseCategoricalAccuracy(name="accuracy")}
 
 
+def _op_determinism() -> bool:
+    """Whether tf.config.experimental.enable_op_determinism() was called (no public getter)."""
+    from tensorflow.python.framework import config as tf_config
+
+    return bool(tf_config.is_op_determinism_enabled())
+
+
 def _to_float32(outputs):
     """Mixed precision: losses and metrics see float32 outputs."""
     return tf.nest.map_structure(
@@ -415,8 +422,8 @@ class Trainer:
         for _ in tf.range(num_steps):
             if not self._multi_worker and self._stop.flag:  # SIGTERM/SIGINT: stop before the next step.
                 break
-            if self._coordinator:
-                batch = next(iterator)
+            if self._coordinator or _op_determinism():
+                batch = next(iterator)  # (tf.timestamp refuses to run under op determinism.)
             else:
                 # Input wait: the time next() blocks. Stateful ops keep program order
                 # in a tf.function, so the stamps bracket the fetch of each step.
@@ -595,7 +602,8 @@ class Trainer:
                         first_loop = False
                         logs.update(learning_rate=self.learning_rate, examples_per_second=rate,
                                     nonfinite_steps=self.nonfinite_steps)
-                        if not self._coordinator:  # Share of the loop's time spent waiting for input.
+                        if not self._coordinator and not _op_determinism():
+                            # Share of the loop's time spent waiting for input.
                             logs["input_wait_percent"] = 100.0 * wait / dt
                         epoch_wait, epoch_time = epoch_wait + wait, epoch_time + dt
                         self._write_summaries("train", logs, step)

@@ -56,7 +56,7 @@ def test_trains_on_the_real_cifar10_files(cifar10_dir, tmp_path):
     result = _run(_command(cifar10_dir, tmp_path / "real", "--batch_size=128", "--train_steps=60",
                            "--steps_per_loop=20"))
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "50000 train, 10000 test examples" in result.stderr
+    assert "50000 train, 10000 eval examples" in result.stderr
     final = [line for line in result.stderr.splitlines() if line.startswith("epoch 1/1 step 60:")]
     accuracy = float(final[0].split("eval_accuracy=")[1].split()[0])
     assert accuracy > 0.2  # chance is 0.1; 60 steps of ResNet-20 reach about 0.3
