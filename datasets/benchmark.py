@@ -49,11 +49,11 @@ def _train_rate(pipelines, steps: int) -> tuple[float, float]:
     """Trains ResNet-20 `steps` steps after a warm-up loop; returns (examples/s, input wait %)."""
     import keras
 
+    import models
     from engine import EpochInput, Trainer
-    from models import resnet_cifar
 
     keras.utils.set_random_seed(0)
-    model = resnet_cifar.resnet(20, num_classes=10)
+    model = models.build("resnet20")
     trainer = Trainer(model=model, optimizer=keras.optimizers.SGD(0.1, momentum=0.9),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
                       global_batch_size=FLAGS.batch_size, steps_per_loop=50, progress=False, nonfinite_limit=None)

@@ -177,6 +177,9 @@ class Trainer:
             raise ValueError(f"nonfinite_action={nonfinite_action!r} must be one of {', '.join(NONFINITE_ACTIONS)}")
         if accumulation_steps < 1:
             raise ValueError(f"accumulation_steps={accumulation_steps} must be at least 1")
+        if accumulation_steps > 1 and isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
+            raise ValueError("accumulation_steps > 1 with a LossScaleOptimizer (float16) is not supported; "
+                             "use bfloat16 or no accumulation")
         if ema_decay is not None and not 0 < ema_decay < 1:
             raise ValueError(f"ema_decay={ema_decay} must be in (0, 1)")
         if not 0 < rollback_lr_factor <= 1:
@@ -298,13 +301,15 @@ class Trainer:
     def train_step(self, inputs) -> None:
         """One micro-batch on one replica: forward, loss, gradients, and the update when due."""
         features, labels = inputs
+        loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
         with tf.GradientTape() as tape:
             outputs = _to_float32(self.model(features, training=True))
             loss, per_example = self.compute_loss(labels, outputs)
+            # float16: the LossScaleOptimizer scales the loss up (on the tape) and its
+            # gradients back down.
+            target = self.optimizer.scale_loss(loss) if loss_scaled else loss
         variables = self.model.trainable_variables
-        loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-        # float16: the LossScaleOptimizer scales the loss up and its gradients back down.
-        grads = tape.gradient(self.optimizer.scale_loss(loss) if loss_scaled else loss, variables)
+        grads = tape.gradient(target, variables)
         loss_finite = tf.reduce_all(tf.math.is_finite(loss))
         if self._accumulators:
             for acc, g in zip(self._accumulators, grads):
@@ -314,10 +319,12 @@ class Trainer:
             due = tf.equal(self._step % self.accumulation_steps, self.accumulation_steps - 1)
         else:
             due = None
-        if self.nonfinite_limit is None and due is None:
-            # The optimizer sums gradients over replicas before applying them.
+        if (self.nonfinite_limit is None or loss_scaled) and due is None:
+            # The optimizer sums gradients over replicas before applying them. With
+            # loss scaling the LossScaleOptimizer skips non-finite updates itself
+            # (and its own cond fails inside ours).
             self._apply(grads, variables)
-            finite = tf.constant(True)
+            finite = loss_finite if loss_scaled else tf.constant(True)
         else:
             finite = loss_finite
             if self.nonfinite_limit is not None and not loss_scaled:
@@ -348,7 +355,7 @@ class Trainer:
             if due is None:
                 update()
             else:
-                tf.cond(due, update, tf.no_op)
+                tf.cond(due, update, lambda: None)
             return
 
         def cross_replica(distribution, finite, grads):
@@ -366,7 +373,7 @@ class Trainer:
             if due is None:
                 update()
             else:
-                tf.cond(due, update, tf.no_op)
+                tf.cond(due, update, lambda: None)
 
         ctx.merge_call(cross_replica, args=(finite, grads))
 

@@ -13,11 +13,17 @@ steps, and the median round counts:
   * bare: a tf.function forward-backward-update step on one constant batch,
     called from Python.
 The last line reads `trainer/fit=<ratio> trainer/bare=<ratio>` (guard on).
+With --memory, the trainer and fit also run alone, each in a fresh process, and
+print their peak resident memory. --precision=bfloat16 sets the mixed_bfloat16
+policy for every contestant.
 """
 
 from __future__ import annotations
 
 import os
+import resource
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -28,6 +34,11 @@ flags.DEFINE_string("model", "resnet20", "Network (see models.MODEL_NAMES).")
 flags.DEFINE_integer("steps", 100, "Timed steps per contestant.", lower_bound=10)
 flags.DEFINE_integer("batch_size", 128, "Batch.", lower_bound=1)
 flags.DEFINE_integer("rounds", 3, "Timed rounds per contestant, taken in turns; the median counts.", lower_bound=1)
+flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Compute precision of every contestant.")
+flags.DEFINE_enum("only", None, ["trainer", "fit", "bare"], "Run one contestant alone and print its peak "
+                  "resident memory (used by --memory).")
+flags.DEFINE_bool("memory", False, "Also run the trainer and Keras fit each alone in a fresh process and print "
+                  "their peak resident memory (ru_maxrss).")
 FLAGS = flags.FLAGS
 
 
@@ -42,6 +53,8 @@ def main(argv: list[str]) -> None:
 
     batch, steps = FLAGS.batch_size, FLAGS.steps
     warmup = 20
+    if FLAGS.precision == "bfloat16":
+        keras.mixed_precision.set_dtype_policy("mixed_bfloat16")
     rng = np.random.default_rng(0)
     n = batch * 64  # 8,192 examples, cycled
     x = rng.normal(size=(n, 32, 32, 3)).astype(np.float32)
@@ -102,7 +115,8 @@ def main(argv: list[str]) -> None:
         @tf.function
         def step():
             with tf.GradientTape() as tape:
-                value = tf.reduce_mean(bare_loss(yb, model(xb, training=True))) + tf.add_n(model.losses)
+                logits = tf.cast(model(xb, training=True), tf.float32)
+                value = tf.reduce_mean(bare_loss(yb, logits)) + tf.cast(tf.add_n(model.losses), tf.float32)
             grads = tape.gradient(value, model.trainable_variables)
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             return value
@@ -118,6 +132,12 @@ def main(argv: list[str]) -> None:
             return steps * batch / (time.perf_counter() - start)
         return run
 
+    if FLAGS.only:
+        run = {"trainer": lambda: trainer_contestant(True), "fit": fit_contestant, "bare": bare_contestant}[
+            FLAGS.only]()
+        rate = run()
+        print(f"{FLAGS.only}: {rate:.1f} examples/s, peak_rss_mib={_peak_rss_mib():.0f}")
+        return
     contestants = {"trainer": trainer_contestant(True), "trainer, guard off": trainer_contestant(False),
                    "keras fit": fit_contestant(), "bare loop": bare_contestant()}
     rates = {name: [] for name in contestants}
@@ -129,8 +149,19 @@ def main(argv: list[str]) -> None:
     print(f"{FLAGS.model}, batch {batch}, {steps} timed steps x {FLAGS.rounds} rounds after {warmup} warm-up steps")
     for name, rate in results.items():
         print(f"  {name:20s} {rate:8.1f} examples/s (median; rounds: {', '.join(f'{r:.0f}' for r in rates[name])})")
+    if FLAGS.memory:
+        for name in ("trainer", "fit"):
+            out = subprocess.run([sys.executable, "-m", "launch.benchmark", f"--only={name}", f"--steps={steps}",
+                                  f"--batch_size={batch}", f"--model={FLAGS.model}",
+                                  f"--precision={FLAGS.precision}"], capture_output=True, text=True, check=True)
+            print(f"  alone in a fresh process: {out.stdout.strip().splitlines()[-1]}")
     print(f"trainer/fit={results['trainer'] / results['keras fit']:.3f} "
           f"trainer/bare={results['trainer'] / results['bare loop']:.3f}")
+
+
+def _peak_rss_mib() -> float:
+    """Peak resident set size of this process, MiB (ru_maxrss is KiB on Linux)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 if __name__ == "__main__":

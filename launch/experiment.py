@@ -213,7 +213,8 @@ def _build_model(config: TrainConfig, image_shape, num_classes: int,
                  normalize: dict) -> tuple[keras.Model, keras.Model | None]:
     """The --model network, or a transfer model on --backbone; returns (model, backbone or None)."""
     if not config.backbone:
-        return models.build(config.model, num_classes=num_classes, weight_decay=config.weight_decay), None
+        return models.build(config.model, num_classes=num_classes, input_shape=tuple(int(d) for d in image_shape),
+                            weight_decay=config.weight_decay), None
     preprocess = []
     if config.backbone in transfer.APPLICATIONS:
         shape = (*(config.resize_to or image_shape[:2]), 3)

@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 
 from datasets import augment
@@ -49,3 +50,87 @@ def test_normalize_maps_the_mean_colour_to_zero_and_scales_by_std():
     out = augment.normalize(x).numpy()
     np.testing.assert_allclose(out[0], 0, atol=1e-5)
     np.testing.assert_allclose(out[1], 1, atol=1e-5)
+
+
+# --- Recipes by name ---------------------------------------------------------------------
+
+def _float_images(n=4, size=16):
+    return tf.constant(np.random.default_rng(1).uniform(0, 255, (n, size, size, 3)).astype(np.float32))
+
+
+def test_parse_recipe_composes_in_order_and_names_unknown_or_misplaced_recipes():
+    recipe, per_image = augment.parse_recipe("cifar,jitter")
+    assert per_image is None and [r.name for r in recipe.recipes] == ["cifar", "jitter"]
+    assert augment.parse_recipe("imagenet,flip")[1] == "imagenet"
+    with pytest.raises(ValueError, match="'blur' is not a known recipe"):
+        augment.parse_recipe("cifar,blur")
+    with pytest.raises(ValueError, match="'imagenet' .*must come first"):
+        augment.parse_recipe("flip,imagenet")
+
+
+def test_composed_recipe_equals_its_parts_applied_in_turn():
+    x = _float_images()
+    recipe, _ = augment.parse_recipe("cifar,jitter")
+    params = recipe.sample(np.random.default_rng(5), 4)
+    assert len(params) == 4  # offsets, flips, brightness, contrast
+    cifar, jitter = augment.PadCropFlip(), augment.ColorJitter()
+    expected = jitter.apply(cifar.apply(x, *params[:2]), *params[2:])
+    np.testing.assert_allclose(recipe.apply(x, *params).numpy(), expected.numpy())
+
+
+def test_color_jitter_shifts_brightness_scales_contrast_and_stays_in_range():
+    x = tf.constant(np.full((2, 4, 4, 3), 100.0, np.float32) + np.arange(4, dtype=np.float32)[None, :, None, None])
+    out = augment.ColorJitter().apply(x, tf.constant([0.1, 0.0]), tf.constant([1.0, 2.0])).numpy()
+    np.testing.assert_allclose(out[0], x[0].numpy() + 25.5, rtol=1e-6)  # brightness: +0.1 x 255
+    centred = x[1].numpy() - x[1].numpy().mean()
+    np.testing.assert_allclose(out[1] - out[1].mean(), 2 * centred, rtol=1e-5)  # contrast x2
+    big = augment.ColorJitter(brightness=1.0).apply(x, tf.constant([1.0, -1.0]), tf.constant([1.0, 1.0])).numpy()
+    assert big.min() >= 0 and big.max() <= 255
+
+
+def test_affine_without_change_is_identity_and_a_shift_moves_the_content():
+    x = _float_images(n=2)
+    recipe = augment.Affine()
+    zero = [tf.zeros(2), tf.zeros((2, 2)), tf.zeros(2), tf.ones((2, 2)), tf.constant([False, False])]
+    np.testing.assert_allclose(recipe.apply(x, *zero).numpy(), x.numpy(), atol=1e-3)
+    shift = list(zero)
+    shift[1] = tf.constant([[0.0, 0.25], [0.25, 0.0]])  # (row, column) fractions: 4 pixels of 16
+    out = recipe.apply(x, *shift).numpy()
+    # Output (x, y) samples input (x + 4, y): the content moves left by 4 columns.
+    np.testing.assert_allclose(out[0, :, :12], x.numpy()[0, :, 4:], atol=1e-3)
+    np.testing.assert_allclose(out[1, :12], x.numpy()[1, 4:], atol=1e-3)
+    # fill_mode nearest: the uncovered columns repeat the edge.
+    np.testing.assert_allclose(out[0, :, 12:], np.repeat(x.numpy()[0, :, 15:16], 4, axis=1), atol=1e-3)
+
+
+def test_affine_rotation_by_90_degrees_turns_the_image():
+    x = _float_images(n=1)
+    params = [tf.constant([np.pi / 2], tf.float32), tf.zeros((1, 2)), tf.zeros(1), tf.ones((1, 2)),
+              tf.constant([False])]
+    out = augment.Affine().apply(x, *params).numpy()[0]
+    candidates = [np.rot90(x.numpy()[0], k) for k in (1, 3)]
+    assert min(np.abs(out - c).max() for c in candidates) < 1e-2
+
+
+def test_imagenet_recipe_crops_224_in_training_and_centre_crops_for_eval():
+    image = tf.constant(np.random.default_rng(0).integers(0, 255, (300, 400, 3)).astype(np.uint8))
+    sides, corners, flips = augment.sample_imagenet(np.random.default_rng(0), 50)
+    assert sides.min() >= 256 and sides.max() <= 512
+    out = augment.imagenet_train(image, sides[0], corners[0], flips[0])
+    assert out.shape == (224, 224, 3)
+    ev = augment.imagenet_eval(image).numpy()
+    resized = tf.image.resize(tf.cast(image, tf.float32), (256, 341)).numpy()  # shorter side 300 -> 256
+    np.testing.assert_allclose(ev, resized[16:240, 58:282], atol=1e-4)
+
+
+def test_normalizers_by_name():
+    x = _float_images(n=2)
+    per_image = augment.normalizer({"kind": "per_image"})(x).numpy()
+    np.testing.assert_allclose(per_image.reshape(2, -1).mean(1), 0, atol=1e-4)
+    np.testing.assert_allclose(per_image.reshape(2, -1).std(1), 1, atol=1e-3)
+    np.testing.assert_allclose(augment.normalizer({"kind": "imagenet"})(x).numpy(),
+                               x.numpy() - np.array(augment.IMAGENET_MEAN, np.float32), rtol=1e-6)
+    old_style = augment.normalizer({"mean": [1, 2, 3], "std": [2, 2, 2]})  # run.json of earlier runs
+    np.testing.assert_allclose(old_style(x).numpy(), (x.numpy() - [1, 2, 3]) / 2, rtol=1e-5)
+    with pytest.raises(ValueError, match="'sepia' is not one of"):
+        augment.normalizer({"kind": "sepia"})
