@@ -20,6 +20,9 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import queue
+import sys
+import threading
 import time
 from typing import Callable, Mapping, Sequence
 
@@ -59,6 +62,38 @@ def _to_float32(outputs):
     """Mixed precision: losses and metrics see float32 outputs."""
     return tf.nest.map_structure(
         lambda o: tf.cast(o, tf.float32) if o.dtype.is_floating and o.dtype != tf.float32 else o, outputs)
+
+
+_reaper_queue: "queue.SimpleQueue | None" = None
+
+
+def _retire(iterator) -> None:
+    """Drops the last reference to a dataset iterator on a background thread.
+
+    Deleting a used tf.data iterator blocks for seconds here (2.7-3.9 s for an
+    exhausted epoch iterator, about 16 s for an endless one; TF 2.21, see
+    BUILD_NOTES.md), without using the CPU; on a background thread the next loop
+    runs meanwhile. Returns None so callers can write `it = _retire(it)`.
+    """
+    global _reaper_queue
+    if iterator is None:
+        return None
+    if _reaper_queue is None:
+        _reaper_queue = queue.SimpleQueue()
+
+        def reap(q=_reaper_queue):
+            while True:
+                item = q.get()
+                # Wait until the caller has dropped its own reference, so the slow
+                # deletion happens here and not in the caller's thread.
+                deadline = time.monotonic() + 60
+                while sys.getrefcount(item) > 2 and time.monotonic() < deadline:
+                    time.sleep(0.01)
+                del item
+
+        threading.Thread(target=reap, name="iterator-reaper", daemon=True).start()
+    _reaper_queue.put(iterator)
+    return None
 
 
 class _CallableHook:
@@ -507,7 +542,9 @@ class Trainer:
                 self._eval_loop(data)
             else:
                 # A fresh iterator each time: evaluation always starts at the first batch.
-                self._eval_loop(iter(self.strategy.experimental_distribute_dataset(data)))
+                iterator = iter(self.strategy.experimental_distribute_dataset(data))
+                self._eval_loop(iterator)
+                _retire(iterator)
         return {name: float(m.result()) for name, m in self.eval_metrics.items()}
 
     def fit(
@@ -573,6 +610,7 @@ class Trainer:
         self.stopped_by = None
         self._stop_reason = None
         first_loop = True
+        iterator = None
         cut_points = sorted({int(p) for h in self._all_hooks() if hasattr(h, "stop_points")
                              for p in h.stop_points(total)})
         self._call_hooks("train_begin")
@@ -583,6 +621,8 @@ class Trainer:
             while step < total and not self.stopped_by:
                 epoch, start = divmod(step, steps_per_epoch)
                 epoch_end = min((epoch + 1) * steps_per_epoch, total)
+                if iterator is not None:
+                    iterator = _retire(iterator)
                 iterator = iter(train_input.distribute(self.strategy, epoch, start, self._coordinator))
                 for metric in self.train_metrics.values():
                     metric.reset_state()
@@ -662,6 +702,7 @@ class Trainer:
             history = {k: [v] for k, v in logs.items()}
             say(f"already at step {step} of {total}: " + " ".join(f"{k}={format_value(v)}" for k, v in logs.items()))
         self._call_hooks("train_end", history)
+        _retire(iterator)
         return history
 
     # --- Hooks and run control (eager) -------------------------------------------------
