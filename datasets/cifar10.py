@@ -21,7 +21,6 @@ Reference: Krizhevsky, "Learning Multiple Layers of Features from Tiny Images", 
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import os
 import pickle
@@ -33,7 +32,6 @@ NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
                "dog", "frog", "horse", "ship", "truck")
-_IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 _TRAIN_BATCHES = [f"data_batch_{i}" for i in range(1, 6)]
 _TEST_BATCH = "test_batch"
 
@@ -209,11 +207,7 @@ def _check_labels(labels: np.ndarray, where: str) -> None:
 
 
 def read_csv_index(csv_path: str) -> tuple[list[str], np.ndarray]:
-    """Reads a CSV index of image paths and class ids.
-
-    Args:
-      csv_path: a file of rows "<path relative to the CSV's folder>,<class id>",
-        no header.
+    """Reads a CSV index of image paths and CIFAR-10 class ids (datasets.sources.image_csv).
 
     Returns:
       (absolute paths, int32 [N] labels).
@@ -223,28 +217,10 @@ def read_csv_index(csv_path: str) -> tuple[list[str], np.ndarray]:
         an integer in [0, NUM_CLASSES), or a path that does not exist; or if the file
         has no rows.
     """
-    folder = os.path.dirname(os.path.abspath(csv_path))
-    paths, labels = [], []
-    with open(csv_path, newline="") as f:
-        for line_no, row in enumerate(csv.reader(f), start=1):
-            if not row:
-                continue
-            if len(row) != 2:
-                raise ValueError(f"{csv_path}:{line_no}: expected '<path>,<class id>', got {row!r}")
-            try:
-                label = int(row[1])
-            except ValueError:
-                raise ValueError(f"{csv_path}:{line_no}: class id {row[1]!r} is not an integer") from None
-            if not 0 <= label < NUM_CLASSES:
-                raise ValueError(f"{csv_path}:{line_no}: class id {label} is outside [0, {NUM_CLASSES})")
-            path = os.path.join(folder, row[0])
-            if not os.path.isfile(path):
-                raise ValueError(f"{csv_path}:{line_no}: image {path} does not exist")
-            paths.append(path)
-            labels.append(label)
-    if not paths:
-        raise ValueError(f"{csv_path} has no rows")
-    return paths, np.asarray(labels, dtype=np.int32)
+    from datasets import sources  # TensorFlow loads only for the image-file forms.
+
+    index = sources.image_csv(csv_path, CLASS_NAMES)
+    return list(index.paths), index.labels
 
 
 def list_class_folders(split_dir: str) -> tuple[list[str], np.ndarray]:
@@ -257,22 +233,12 @@ def list_class_folders(split_dir: str) -> tuple[list[str], np.ndarray]:
       ValueError: if the folder is missing or has no class folders, a class folder
         has no images, or there are more classes than NUM_CLASSES.
     """
-    if not os.path.isdir(split_dir):
-        raise ValueError(f"{split_dir} is not a folder")
-    classes = sorted(d for d in os.listdir(split_dir) if os.path.isdir(os.path.join(split_dir, d)))
-    if not classes:
-        raise ValueError(f"{split_dir} has no class folders")
-    if len(classes) > NUM_CLASSES:
-        raise ValueError(f"{split_dir} has {len(classes)} class folders, CIFAR-10 has {NUM_CLASSES}")
-    paths, labels = [], []
-    for label, name in enumerate(classes):
-        class_dir = os.path.join(split_dir, name)
-        files = sorted(f for f in os.listdir(class_dir) if f.lower().endswith(_IMAGE_EXTENSIONS))
-        if not files:
-            raise ValueError(f"class folder {class_dir} has no .jpg/.jpeg/.png images")
-        paths += [os.path.join(class_dir, f) for f in files]
-        labels += [label] * len(files)
-    return paths, np.asarray(labels, dtype=np.int32)
+    from datasets import sources
+
+    index = sources.class_folders(split_dir)
+    if index.num_classes > NUM_CLASSES:
+        raise ValueError(f"{split_dir} has {index.num_classes} class folders, CIFAR-10 has {NUM_CLASSES}")
+    return list(index.paths), index.labels
 
 
 def decode_images(paths: list[str]) -> np.ndarray:
