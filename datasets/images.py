@@ -101,6 +101,7 @@ def scan(
     *,
     image_size: Sequence[int] | None = None,
     keep_pixels: bool = True,
+    check_size: bool = True,
     skip_bad: bool = False,
     progress: bool = True,
     what: str = "images",
@@ -110,8 +111,11 @@ def scan(
     Args:
       index: the images to decode.
       image_size: (height, width) to resize every image to; None requires all
-        images to have the size of the first readable one.
+        images to have the size of the first readable one (unless check_size is
+        False).
       keep_pixels: return the decoded images (cache "decoded"); False only checks.
+      check_size: with image_size None, treat an image of another size as bad.
+        False (with keep_pixels False) accepts any size.
       skip_bad: leave out unusable images instead of raising.
       progress: show a progress bar.
       what: words for the progress bar.
@@ -127,7 +131,7 @@ def scan(
     n = len(index)
     read = _reader(index)
     shape = tuple(image_size) + (3,) if image_size else None
-    if shape is None:
+    if shape is None and check_size:
         for i in range(n):  # The size every image must have: that of the first readable one.
             try:
                 shape = tuple(decode(read(tf.constant(i))).shape)
@@ -142,14 +146,16 @@ def scan(
         elif shape is not None:
             tf.debugging.assert_equal(tf.shape(image), tf.constant(shape, tf.int32), message="size")
             image = tf.ensure_shape(image, shape)
-        return (i, image) if keep_pixels else i
+        # Without pixels, return the shape: an output must depend on the decode, or
+        # tf.data's graph optimisation could prune it and check nothing.
+        return i, (image if keep_pixels else tf.shape(image))
 
     ds = (tf.data.Dataset.range(n).map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
           .ignore_errors().batch(2048))
     good, chunks = [], []
     with tqdm(total=n, desc=f"decoding {what}", unit="img", disable=not progress, leave=False) as bar:
         for batch in ds:
-            ids = (batch[0] if keep_pixels else batch).numpy()
+            ids = batch[0].numpy()
             good.append(ids)
             if keep_pixels:
                 chunks.append(batch[1].numpy())
@@ -276,10 +282,11 @@ def build(
                               tuple(image_shape), spec, train.class_names, len(train),
                               len(eval_index) if eval_index is not None else 0, skipped)
 
-    # Streaming modes: check every image once (decoding, keeping no pixels).
+    # Streaming modes: check every image once (decoding, keeping no pixels); the
+    # imagenet recipe takes images of any size.
     _, train, lines = scan(train, image_size=None if per_image else image_size, keep_pixels=False,
-                           skip_bad=skip_bad, progress=progress, what="training images (check)") \
-        if not per_image else check(train, skip_bad, progress)
+                           check_size=not per_image, skip_bad=skip_bad, progress=progress,
+                           what="training images (check)")
     skipped += lines
     if cache == "encoded":
         train = read_encoded(train)
@@ -299,9 +306,9 @@ def build(
     eval_data = None
     num_eval = 0
     if eval_index is not None:
-        _, eval_index, lines = scan(eval_index, image_size=None if per_image else image_shape[:2], keep_pixels=False,
-                                    skip_bad=skip_bad, progress=progress, what="eval images (check)") \
-            if not per_image else check(eval_index, skip_bad, progress)
+        _, eval_index, lines = scan(eval_index, image_size=None if per_image else image_shape[:2],
+                                    keep_pixels=False, check_size=not per_image, skip_bad=skip_bad,
+                                    progress=progress, what="eval images (check)")
         skipped += lines
         if cache == "encoded":
             eval_index = read_encoded(eval_index)
@@ -325,25 +332,8 @@ def check(index: ImageIndex, skip_bad: bool = False, progress: bool = True):
       ValueError: naming the first missing, empty or undecodable image (and its
         CSV line), unless skip_bad; or if no image is usable.
     """
-    n = len(index)
-    read = _reader(index)
-    ds = (tf.data.Dataset.range(n).map(lambda i: (i, tf.shape(decode(read(i)))),
-                                      num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .ignore_errors().batch(4096))
-    good = []
-    with tqdm(total=n, desc="checking images", unit="img", disable=not progress, leave=False) as bar:
-        for ids, _ in ds.as_numpy_iterator():
-            good.append(ids)
-            bar.update(int(ids[-1]) + 1 - bar.n)
-    good = np.concatenate(good) if good else np.zeros(0, np.int64)
-    bad = np.setdiff1d(np.arange(n), good)
-    lines = [f"{index.describe(i)}: {_why_bad(index, i, None)}" for i in bad[:20]]
-    if len(bad) and not skip_bad:
-        raise ValueError(lines[0] + (f" ({len(bad) - 1} more bad images)" if len(bad) > 1 else "")
-                         + "; skip bad images with --skip_bad_examples")
-    if not len(good):
-        raise ValueError(f"none of the {n} images could be used")
-    return None, (index.subset(good) if len(bad) else index), lines
+    return scan(index, keep_pixels=False, check_size=False, skip_bad=skip_bad, progress=progress,
+                what="images (check)")
 
 
 def _streaming_train_fn(index: ImageIndex, *, global_batch_size, seed, recipe, per_image, image_shape, normalize):

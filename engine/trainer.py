@@ -354,22 +354,20 @@ class Trainer:
             due = tf.equal(self._step % self.accumulation_steps, self.accumulation_steps - 1)
         else:
             due = None
-        if (self.nonfinite_limit is None or loss_scaled) and due is None:
-            # The optimizer sums gradients over replicas before applying them. With
-            # loss scaling the LossScaleOptimizer skips non-finite updates itself
-            # (and its own cond fails inside ours).
-            self._apply(grads, variables)
-            finite = loss_finite if loss_scaled else tf.constant(True)
+        # The guard: skip (on every replica) an update whose loss or gradients are
+        # non-finite on any replica. With loss scaling, overflowing gradients are
+        # the LossScaleOptimizer's to skip (it lowers its scale and skips the update).
+        guard = self.nonfinite_limit is not None and not loss_scaled
+        finite = loss_finite
+        if guard:
+            grads_finite = [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
+            finite = tf.logical_and(finite, tf.reduce_all(grads_finite))
+        if due is None and not guard:
+            self._apply(grads, variables)  # The optimizer sums gradients over replicas.
         else:
-            finite = loss_finite
-            if self.nonfinite_limit is not None and not loss_scaled:
-                # (With loss scaling, overflowing gradients are the LossScaleOptimizer's to skip.)
-                grads_finite = [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
-                finite = tf.logical_and(finite, tf.reduce_all(grads_finite))
-            if self.nonfinite_limit is None:
-                finite = tf.constant(True)
-            self._apply_when(due, finite, grads, variables)
-            finite = tf.logical_and(finite, loss_finite)
+            self._apply_when(due, finite if guard else tf.constant(True), grads, variables)
+        if not guard and not loss_scaled:
+            finite = tf.constant(True)  # Guard off: the metrics see every step.
         # A skipped step leaves the metrics alone, so one NaN does not poison the epoch.
         weight = tf.cast(finite, tf.float32)
         per_example = tf.where(finite, per_example, tf.zeros_like(per_example))
@@ -574,8 +572,11 @@ class Trainer:
         Returns:
           History: names to lists with one value per evaluation point (epoch ends
           and the end): "step", "epoch", "learning_rate", "examples_per_second",
-          "nonfinite_steps", the train metrics, and the eval metrics prefixed
-          with "eval_".
+          "input_wait_percent" (not under op determinism or parameter-server
+          training), "nonfinite_steps", the train metrics, and the eval metrics
+          prefixed with "eval_". Hooks (see engine/hooks.py) run at train begin,
+          each loop end, each epoch end and train end; one may end training early
+          with request_stop, which sets `stopped_by` to its reason.
 
         Raises:
           ValueError: if neither epochs nor train_steps is positive, or the
@@ -611,7 +612,7 @@ class Trainer:
         self._stop_reason = None
         first_loop = True
         iterator = None
-        cut_points = sorted({int(p) for h in self._all_hooks() if hasattr(h, "stop_points")
+        cut_points = sorted({int(p) for h in self._hooks if hasattr(h, "stop_points")
                              for p in h.stop_points(total)})
         self._call_hooks("train_begin")
         # A signal to one worker must not stop its loop alone (the others would wait
@@ -760,9 +761,6 @@ class Trainer:
 
     def on_train_end(self, history: dict[str, list[float]]) -> None:
         """Subclass hook: when fit returns."""
-
-    def _all_hooks(self):
-        return list(self._hooks)
 
     def _call_hooks(self, event: str, logs=None) -> None:
         own = getattr(self, f"on_{event}")

@@ -102,9 +102,9 @@ def prepare(config: TrainConfig) -> Run:
     replicas = strategy.num_replicas_in_sync
     global_batch = config.global_batch(replicas)
     say = EpochProgress.write if distribution.is_chief(strategy) else (lambda line: None)
-    data = _load_data(config, global_batch, progress=config.progress and distribution.is_chief(strategy))
+    data, source = _load_data(config, global_batch, progress=config.progress and distribution.is_chief(strategy))
     steps_per_epoch = data.steps_per_epoch
-    say(f"{data.source}: {data.num_train} train, {data.num_eval} eval examples; "
+    say(f"{source}: {data.num_train} train, {data.num_eval} eval examples; "
         f"{replicas} replica(s), per-replica batch {global_batch // replicas}, global batch {global_batch}, "
         f"{steps_per_epoch} steps per epoch")
     for line in data.skipped:
@@ -141,22 +141,8 @@ def prepare(config: TrainConfig) -> Run:
                schedule=schedule)
 
 
-@dataclasses.dataclass(frozen=True)
-class _Data:
-    train_fn: object
-    steps_per_epoch: int
-    eval_data: tf.data.Dataset | None
-    image_shape: tuple[int, int, int]
-    class_names: tuple[str, ...]
-    normalize: dict
-    num_train: int
-    num_eval: int
-    skipped: list[str]
-    source: str
-
-
-def _load_data(config: TrainConfig, global_batch: int, progress: bool) -> _Data:
-    """--train_data/--eval_data through datasets.images, or CIFAR-10 from --data_dir."""
+def _load_data(config: TrainConfig, global_batch: int, progress: bool) -> tuple[images.ImagePipelines, str]:
+    """--train_data/--eval_data through datasets.images, or CIFAR-10 from --data_dir; returns (pipelines, source)."""
     if config.train_data:
         train = sources.image_source(config.train_data)
         eval_index = sources.image_source(config.eval_data, train.class_names) if config.eval_data else None
@@ -166,8 +152,7 @@ def _load_data(config: TrainConfig, global_batch: int, progress: bool) -> _Data:
         p = images.build(train, eval_index, global_batch_size=global_batch, seed=config.seed,
                          augment_names=config.augment, image_size=config.image_size or None, cache=config.cache,
                          normalize=config.normalize, skip_bad=config.skip_bad_examples, progress=progress)
-        return _Data(p.train_fn, p.steps_per_epoch, p.eval_data, p.image_shape, p.class_names, p.normalize,
-                     p.num_train, p.num_eval, p.skipped, f"{config.train_data} (cache {config.cache})")
+        return p, f"{config.train_data} (cache {config.cache})"
     data = cifar10.load(config.data_dir)
     recipe, per_image = augment.parse_recipe(config.augment)
     if per_image:
@@ -177,8 +162,8 @@ def _load_data(config: TrainConfig, global_batch: int, progress: bool) -> _Data:
                                           seed=config.seed, recipe=recipe)
     eval_data = in_memory.eval_dataset(data.test.images, data.test.labels, global_batch_size=global_batch)
     steps = in_memory.steps_per_epoch(len(data.train.labels), global_batch)
-    return _Data(train_fn, steps, eval_data, data.train.images.shape[1:], cifar10.CLASS_NAMES, spec,
-                 len(data.train.labels), len(data.test.labels), [], data.source)
+    return images.ImagePipelines(train_fn, steps, eval_data, data.train.images.shape[1:], cifar10.CLASS_NAMES, spec,
+                                 len(data.train.labels), len(data.test.labels), []), data.source
 
 
 def _trainer(config: TrainConfig, model, optimizer, strategy, global_batch: int, model_dir: str | None = None):

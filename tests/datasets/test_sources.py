@@ -193,6 +193,11 @@ def test_empty_or_undecodable_image_names_file_and_line_unless_skipped(tmp_path,
             images.build(index, global_batch_size=4, progress=False, cache=cache)
         p = images.build(index, global_batch_size=4, progress=False, cache=cache, skip_bad=True)
         assert p.num_train == 8 and len(p.skipped) == 1 and "i.csv:5" in p.skipped[0]
+    # Resizing streams must still decode every image in the check (nothing pruned).
+    with pytest.raises(ValueError, match=rf"{os.path.basename(paths[4])} \(.*i\.csv:5\): .*{why}"):
+        images.build(index, global_batch_size=4, progress=False, cache="none", image_size=(6, 6))
+    _, kept, lines = images.check(index, skip_bad=True, progress=False)
+    assert len(kept) == 8 and len(lines) == 1
 
 
 def test_image_of_another_size_is_named(tmp_path):
