@@ -117,8 +117,10 @@ def main(argv):
         steps = in_memory.steps_per_epoch(len(data.train.labels), FLAGS.batch_size)
         fn = in_memory.train_dataset_fn(data.train.images, data.train.labels, global_batch_size=FLAGS.batch_size,
                                         seed=0)
-        rate, wait = _train_rate(images.ImagePipelines(fn, steps, None, (32, 32, 3), {}, (), 0, 0, []),
-                                 FLAGS.train_steps)
+        arrays = images.ImagePipelines(
+            train_fn=fn, steps_per_epoch=steps, eval_data=None, image_shape=(32, 32, 3), normalize={},
+            class_names=cifar10.CLASS_NAMES, num_train=len(data.train.labels), num_eval=0, skipped=[])
+        rate, wait = _train_rate(arrays, FLAGS.train_steps)
         print(f"in-memory arrays (cifar10.load): ResNet-20 {rate:.0f} examples/s, input wait {wait:.2f}%")
     print("slowest epoch: " + " ".join(f"{f}/{c}={r:.0f}" for f, c, r in results))
     if tmp:

@@ -162,8 +162,11 @@ def _load_data(config: TrainConfig, global_batch: int, progress: bool) -> tuple[
                                           seed=config.seed, recipe=recipe)
     eval_data = in_memory.eval_dataset(data.test.images, data.test.labels, global_batch_size=global_batch)
     steps = in_memory.steps_per_epoch(len(data.train.labels), global_batch)
-    return images.ImagePipelines(train_fn, steps, eval_data, data.train.images.shape[1:], cifar10.CLASS_NAMES, spec,
-                                 len(data.train.labels), len(data.test.labels), []), data.source
+    pipelines = images.ImagePipelines(
+        train_fn=train_fn, steps_per_epoch=steps, eval_data=eval_data, image_shape=data.train.images.shape[1:],
+        normalize=spec, class_names=cifar10.CLASS_NAMES, num_train=len(data.train.labels),
+        num_eval=len(data.test.labels), skipped=[])
+    return pipelines, data.source
 
 
 def _trainer(config: TrainConfig, model, optimizer, strategy, global_batch: int, model_dir: str | None = None):
