@@ -33,6 +33,10 @@ import numpy as np
 import tensorflow as tf
 
 HOOK_EVENTS = ("train_begin", "loop_end", "epoch_end", "train_end")
+# Hooks with get_state() -> dict and set_state(dict) have it saved beside each
+# checkpoint in <model_dir>/hook_state.json and given back on restore, so a resumed
+# run keeps its patience counters and best values.
+HOOK_STATE_FILE = "hook_state.json"
 
 
 def _better(mode: str, value: float, best: float, min_delta: float) -> bool:
@@ -77,6 +81,14 @@ class EarlyStopping:
         self.wait = 0
         self.stopped_at: int | None = None
         self._weights = None
+
+    def get_state(self) -> dict:
+        # The best weights stay in memory: after a resume, restore_best restores the
+        # best epoch seen since the resume (the best checkpoint holds the run's best).
+        return {"best": self.best, "best_step": self.best_step, "wait": self.wait}
+
+    def set_state(self, state: dict) -> None:
+        self.best, self.best_step, self.wait = state["best"], state["best_step"], state["wait"]
 
     def on_epoch_end(self, trainer, logs):
         if self.metric not in logs:
@@ -125,6 +137,12 @@ class ReduceLROnPlateau:
         self.min_scale = min_scale
         self.best = math.inf if self.mode == "min" else -math.inf
         self.wait = 0
+
+    def get_state(self) -> dict:
+        return {"best": self.best, "wait": self.wait}
+
+    def set_state(self, state: dict) -> None:
+        self.best, self.wait = state["best"], state["wait"]
 
     def on_epoch_end(self, trainer, logs):
         value = logs[self.metric]

@@ -18,6 +18,7 @@ non-finite guard skipped.
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import os
 import queue
@@ -34,7 +35,7 @@ import tensorflow as tf
 
 from engine import distribution
 from engine.checkpoint import BestCheckpoint, Checkpointer, remove_scratch
-from engine.hooks import HOOK_EVENTS
+from engine.hooks import HOOK_EVENTS, HOOK_STATE_FILE
 from engine.inputs import DatasetInput, EpochInput
 from engine.preemption import StopRequest
 from engine.progress import EpochProgress, format_value
@@ -520,6 +521,8 @@ class Trainer:
         if self.checkpointer and not self._restored:
             self.restored_from = self.checkpointer.restore_latest()
             self._last_saved_step = self.global_step if self.restored_from else None
+            if self.restored_from:
+                self._restore_hook_state(self.global_step)
         self._restored = True
         return self.restored_from
 
@@ -691,6 +694,7 @@ class Trainer:
                 say(f"epoch {epoch + 1}/{num_epochs} step {step}: " +
                     " ".join(f"{k}={format_value(v)}" for k, v in logs.items() if k not in ("step", "epoch")))
                 self._call_hooks("epoch_end", logs)
+                self._save_hook_state(step)  # The epoch's checkpoint came before its hooks ran.
                 if self._stop_reason:  # Epoch-end decisions (early stopping) agree: the eval metrics do.
                     self.stopped_by = self._stop_reason
                     say(f"{self._stop_reason}: stopped after step {step}; checkpoint {path}")
@@ -876,7 +880,38 @@ class Trainer:
         if step != self._last_saved_step:
             self.checkpointer.save(step)
             self._last_saved_step = step
+            self._save_hook_state(step)
         return self.checkpointer.latest
+
+    def _hook_state_path(self) -> str:
+        return os.path.join(self.model_dir, HOOK_STATE_FILE)
+
+    def _stateful_hooks(self) -> dict[str, object]:
+        return {f"{i}:{type(h).__name__}": h for i, h in enumerate(self._hooks) if hasattr(h, "get_state")}
+
+    def _save_hook_state(self, step: int) -> None:
+        """Writes the hooks' own state (patience counters, best values) for checkpoint `step` (chief only)."""
+        hooks = self._stateful_hooks()
+        if not hooks or not self.model_dir or not self.is_chief:
+            return
+        state = {"step": step, "hooks": {key: h.get_state() for key, h in hooks.items()}}
+        tmp = self._hook_state_path() + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump(state, f)
+        os.replace(tmp, self._hook_state_path())
+
+    def _restore_hook_state(self, step: int) -> None:
+        """Gives the hooks their state saved with checkpoint `step`, if that is what the file holds."""
+        hooks = self._stateful_hooks()
+        if not hooks or not os.path.isfile(self._hook_state_path()):
+            return
+        with open(self._hook_state_path()) as f:
+            state = json.load(f)
+        if state.get("step") != step:
+            return  # Written for another checkpoint (e.g. one that was corrupt): start afresh.
+        for key, hook in hooks.items():
+            if key in state["hooks"]:
+                hook.set_state(state["hooks"][key])
 
     def _writer(self, split: str) -> tf.summary.SummaryWriter:
         if split not in self._writers:

@@ -187,3 +187,19 @@ def test_learning_rate_is_logged_every_loop(tmp_path):
         for event in tf.compat.v1.train.summary_iterator(path):
             steps |= {event.step for v in event.summary.value if v.tag == "learning_rate"}
     assert steps == {1, 2, 3}
+
+
+def test_patience_counters_and_best_values_survive_a_resume(tmp_path):
+    train, _ = _input()
+    plateau = hooks_lib.ReduceLROnPlateau("made_up", factor=0.5, patience=3, mode="min")
+    stop = hooks_lib.EarlyStopping("made_up", patience=3, mode="min")
+    _trainer(model_dir=str(tmp_path), hooks=[_Feed([1.0, 2.0]), plateau, stop]).fit(train, epochs=2)
+    assert (plateau.best, plateau.wait, stop.best, stop.wait, stop.best_step) == (1.0, 1, 1.0, 1, 3)
+    plateau2 = hooks_lib.ReduceLROnPlateau("made_up", factor=0.5, patience=3, mode="min")
+    stop2 = hooks_lib.EarlyStopping("made_up", patience=3, mode="min")
+    resumed = _trainer(model_dir=str(tmp_path), hooks=[_Feed([3.0, 4.0]), plateau2, stop2])
+    resumed.restore()
+    assert (plateau2.best, plateau2.wait, stop2.best, stop2.wait, stop2.best_step) == (1.0, 1, 1.0, 1, 3)
+    history = resumed.fit(train, epochs=4)
+    # Two more epochs without improvement make 3 for early stopping: it stops at the 4th epoch.
+    assert resumed.stopped_by.startswith("early stopping") and history["step"] == [9, 12]
