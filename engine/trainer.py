@@ -17,6 +17,7 @@ non-finite guard skipped.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import json
 import math
@@ -65,7 +66,8 @@ def _to_float32(outputs):
         lambda o: tf.cast(o, tf.float32) if o.dtype.is_floating and o.dtype != tf.float32 else o, outputs)
 
 
-_reaper_queue: "queue.SimpleQueue | None" = None
+_reaper: "tuple[queue.SimpleQueue, threading.Thread] | None" = None
+_REAPER_DONE = object()
 
 
 def _retire(iterator) -> None:
@@ -74,17 +76,21 @@ def _retire(iterator) -> None:
     Deleting a used tf.data iterator blocks for seconds here (2.7-3.9 s for an
     exhausted epoch iterator, about 16 s for an endless one; TF 2.21, see
     BUILD_NOTES.md), without using the CPU; on a background thread the next loop
-    runs meanwhile. Returns None so callers can write `it = _retire(it)`.
+    runs meanwhile. At interpreter exit the thread finishes its deletions first
+    (a deletion cut off by the exit aborts the process). Returns None so callers
+    can write `it = _retire(it)`.
     """
-    global _reaper_queue
+    global _reaper
     if iterator is None:
         return None
-    if _reaper_queue is None:
-        _reaper_queue = queue.SimpleQueue()
+    if _reaper is None:
+        pending = queue.SimpleQueue()
 
-        def reap(q=_reaper_queue):
+        def reap():
             while True:
-                item = q.get()
+                item = pending.get()
+                if item is _REAPER_DONE:
+                    return
                 # Wait until the caller has dropped its own reference, so the slow
                 # deletion happens here and not in the caller's thread.
                 deadline = time.monotonic() + 60
@@ -92,9 +98,19 @@ def _retire(iterator) -> None:
                     time.sleep(0.01)
                 del item
 
-        threading.Thread(target=reap, name="iterator-reaper", daemon=True).start()
-    _reaper_queue.put(iterator)
+        thread = threading.Thread(target=reap, name="iterator-reaper", daemon=True)
+        thread.start()
+        _reaper = (pending, thread)
+        atexit.register(_finish_retiring)
+    _reaper[0].put(iterator)
     return None
+
+
+def _finish_retiring() -> None:
+    """At exit: lets the reaper thread delete what it holds, then stops it."""
+    pending, thread = _reaper
+    pending.put(_REAPER_DONE)
+    thread.join(timeout=120)
 
 
 class _CallableHook:
