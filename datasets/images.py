@@ -65,6 +65,13 @@ def _reader(index: ImageIndex) -> Callable[[tf.Tensor], tf.Tensor]:
     return lambda i: tf.io.read_file(tf.gather(paths, i))
 
 
+def _read_one(index: ImageIndex, i: int) -> tf.Tensor:
+    """The encoded bytes of example i, eagerly (without building _reader's tensor of all N)."""
+    if index.encoded is not None:
+        return tf.constant(index.encoded[i])
+    return tf.io.read_file(os.fspath(index.paths[i]))
+
+
 def read_encoded(index: ImageIndex) -> ImageIndex:
     """The index with every file's bytes read into memory (for cache="encoded")."""
     if index.encoded is not None:
@@ -82,7 +89,7 @@ def _why_bad(index: ImageIndex, i: int, shape: Sequence[int] | None) -> str:
             return "the file does not exist"
         if os.path.getsize(path) == 0:
             return "the file is empty"
-    raw = _reader(index)(tf.constant(i))
+    raw = _read_one(index, i)
     if int(tf.strings.length(raw)) == 0:
         return "the image is empty"
     try:
@@ -290,12 +297,12 @@ def build(
     skipped += lines
     if cache == "encoded":
         train = read_encoded(train)
-    first = decode(_reader(train)(tf.constant(0)))
+    first = decode(_read_one(train, 0))
     image_shape = (*crop, 3) if per_image else (*(image_size or first.shape[:2]), 3)
     if normalize == "channel" and per_image:
         normalize = "imagenet"
     if normalize == "channel":
-        sample = np.stack([resize(decode(_reader(train)(tf.constant(int(i)))), image_shape[:2]).numpy()
+        sample = np.stack([resize(decode(_read_one(train, int(i))), image_shape[:2]).numpy()
                            for i in np.random.default_rng(seed).permutation(len(train))[:500]])
         spec = _channel_stats(sample)
     else:
