@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import functools
 import json
 import math
 import os
@@ -34,7 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from engine import distribution
+from engine import batch_norm, distribution
 from engine.checkpoint import BestCheckpoint, Checkpointer, remove_scratch
 from engine.hooks import HOOK_EVENTS, HOOK_STATE_FILE
 from engine.inputs import DatasetInput, EpochInput
@@ -185,6 +186,12 @@ class Trainer:
         shadow = decay * shadow + (1 - decay) * weights after every update (the
         trainable and the BatchNorm statistics); evaluation, the best checkpoint
         and export use the averages. None for no average. Typical: 0.999.
+      fused_batch_norm: run the model's Keras BatchNormalization layers through
+        TensorFlow's fused kernel in the compiled steps (engine/batch_norm.py:
+        same results to float rounding; layers it cannot serve keep Keras's
+        computation). Keras 3 computes BatchNorm as separate ops; on this
+        machine's CPU the kernel makes a ResNet-20 step 1.36x faster in float32
+        (2x in bfloat16). The model's own `call` outside the Trainer is untouched.
 
     Raises:
       ValueError: if the loss reduces over the batch, the global batch is not
@@ -214,6 +221,7 @@ class Trainer:
         eval_loss: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
         accumulation_steps: int = 1,
         ema_decay: float | None = None,
+        fused_batch_norm: bool = True,
     ):
         self.strategy = strategy or tf.distribute.get_strategy()
         replicas = self.strategy.num_replicas_in_sync
@@ -258,6 +266,7 @@ class Trainer:
         self.eval_loss = eval_loss or loss
         self.accumulation_steps = accumulation_steps
         self.ema_decay = ema_decay
+        self.fused_batch_norm = fused_batch_norm
         self._hooks: list[object] = list(hooks)
         self._stop_reason: str | None = None
         self.retraces: list[str] = []  # Warnings of step functions traced again after warm-up.
@@ -328,8 +337,20 @@ class Trainer:
             # the schedule follows the Trainer's step counter instead.
             optimizer._learning_rate.step = self._step
         # Compiled once; the loop count is a tensor argument, so no retracing.
-        self._train_loop = tf.function(self._train_loop_fn)
-        self._eval_loop = tf.function(self._eval_loop_fn if not self._coordinator else self._inline_eval_fn)
+        self._train_loop = tf.function(self._with_kernels(self._train_loop_fn))
+        self._eval_loop = tf.function(self._with_kernels(self._eval_loop_fn if not self._coordinator
+                                                         else self._inline_eval_fn))
+
+    def _with_kernels(self, fn: Callable) -> Callable:
+        """`fn`, tracing with the model's BatchNorm layers on the fused kernel (if enabled)."""
+        if not self.fused_batch_norm:
+            return fn
+
+        @functools.wraps(fn)
+        def traced(*args, **kwargs):
+            with batch_norm.fused(self.model):
+                return fn(*args, **kwargs)
+        return traced
 
     # --- Per-replica step functions (graph; override in subclasses) ---------------
 
