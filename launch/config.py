@@ -79,6 +79,7 @@ class TrainConfig:
     precision: str = "float32"
     ema_decay: float = 0.0
     label_smoothing: float = 0.0
+    fused_batch_norm: bool = True
     lr_schedule: str = "piecewise"
     warmup_epochs: float = 0.0
     plateau_patience: int = 0

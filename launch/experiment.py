@@ -194,7 +194,8 @@ def _trainer(config: TrainConfig, model, optimizer, strategy, global_batch: int,
         keep_checkpoints=config.keep_checkpoints, nonfinite_limit=config.nonfinite_limit or None,
         nonfinite_action=config.nonfinite_action, rollback_lr_factor=config.rollback_lr_factor,
         best_metric=config.best_metric or None, progress=config.progress, hooks=hooks,
-        accumulation_steps=config.accumulation_steps, ema_decay=config.ema_decay or None)
+        accumulation_steps=config.accumulation_steps, ema_decay=config.ema_decay or None,
+        fused_batch_norm=config.fused_batch_norm)
 
 
 def _build_model(config: TrainConfig, image_shape, num_classes: int,

@@ -66,7 +66,8 @@ def config_from_flags() -> TrainConfig:
         decoupled_weight_decay=(FLAGS.decoupled_weight_decay if FLAGS["decoupled_weight_decay"].present
                                 or FLAGS.optimizer != "adamw" else None),
         clip_norm=FLAGS.clip_norm, accumulation_steps=FLAGS.accumulation_steps, precision=FLAGS.precision,
-        ema_decay=FLAGS.ema_decay, label_smoothing=FLAGS.label_smoothing, lr_schedule=FLAGS.lr_schedule,
+        ema_decay=FLAGS.ema_decay, label_smoothing=FLAGS.label_smoothing,
+        fused_batch_norm=FLAGS.fused_batch_norm, lr_schedule=FLAGS.lr_schedule,
         warmup_epochs=FLAGS.warmup_epochs, plateau_patience=FLAGS.plateau_patience,
         plateau_factor=FLAGS.plateau_factor, plateau_metric=FLAGS.plateau_metric,
         early_stopping_patience=FLAGS.early_stopping_patience, early_stopping_metric=FLAGS.early_stopping_metric,
