@@ -8,11 +8,16 @@ own). Each contestant gets a fresh model with the same initial weights and a
 warm-up (tracing); then they take turns for `--rounds` rounds of `--steps` timed
 steps, and the median round counts:
   * trainer: engine.Trainer.fit over a tf.data pipeline, steps_per_loop 50, with
-    its non-finite guard on (the default) and off;
+    its defaults (non-finite guard on, BatchNorm on the fused kernel), with the
+    guard off, and with Keras's own BatchNorm computation (fused_batch_norm off);
   * fit: keras Model.fit (jit_compile off, as on CPU) over the same pipeline;
   * bare: a tf.function forward-backward-update step on one constant batch,
-    called from Python.
-The last line reads `trainer/fit=<ratio> trainer/bare=<ratio>` (guard on).
+    called from Python; once with the Trainer's kernels (engine/batch_norm.py),
+    once with Keras's BatchNorm as written.
+The last line reads `trainer/fit=<ratio> trainer/bare=<ratio>` (Trainer defaults;
+the bare loop with the same kernels, so the second ratio is the engine's
+overhead). The line before it gives the overhead with Keras's BatchNorm on both
+sides and what the fused kernel alone changes.
 With --memory, the trainer and fit also run alone, each in a fresh process, and
 print their peak resident memory. --precision=bfloat16 sets the mixed_bfloat16
 policy for every contestant.
@@ -20,6 +25,7 @@ policy for every contestant.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import resource
 import subprocess
@@ -49,7 +55,7 @@ def main(argv: list[str]) -> None:
     import tensorflow as tf
 
     import models
-    from engine import DatasetInput, Trainer
+    from engine import DatasetInput, Trainer, batch_norm
 
     batch, steps = FLAGS.batch_size, FLAGS.steps
     warmup = 20
@@ -74,10 +80,10 @@ def main(argv: list[str]) -> None:
     # Each contestant is set up (and traced) once; then the contestants take turns,
     # FLAGS.rounds times, and the median rate counts: on a shared 2-core machine
     # one round can be disturbed, and the first runs of a process pay one-time costs.
-    def trainer_contestant(guard: bool):
+    def trainer_contestant(guard: bool = True, fused: bool = True):
         model, optimizer = fresh()
         trainer = Trainer(model=model, optimizer=optimizer, loss=loss(), global_batch_size=batch, steps_per_loop=50,
-                          nonfinite_limit=10 if guard else None, progress=False)
+                          nonfinite_limit=10 if guard else None, progress=False, fused_batch_norm=fused)
         data = DatasetInput(dataset(), steps_per_epoch=10**9)  # one endless epoch: no epoch-end work
         trainer.fit(data, train_steps=warmup)
 
@@ -106,7 +112,7 @@ def main(argv: list[str]) -> None:
             return steps * batch / timer.seconds
         return run
 
-    def bare_contestant():
+    def bare_contestant(fused: bool = True):
         model, optimizer = fresh()
         optimizer.build(model.trainable_variables)
         xb, yb = tf.constant(x[:batch]), tf.constant(y[:batch])
@@ -121,6 +127,8 @@ def main(argv: list[str]) -> None:
             optimizer.apply_gradients(zip(grads, model.trainable_variables))
             return value
 
+        with batch_norm.fused(model) if fused else contextlib.nullcontext():
+            step()  # traces
         for _ in range(warmup):
             step()
 
@@ -138,23 +146,28 @@ def main(argv: list[str]) -> None:
         rate = run()
         print(f"{FLAGS.only}: {rate:.1f} examples/s, peak_rss_mib={_peak_rss_mib():.0f}")
         return
-    contestants = {"trainer": trainer_contestant(True), "trainer, guard off": trainer_contestant(False),
-                   "keras fit": fit_contestant(), "bare loop": bare_contestant()}
+    contestants = {"trainer": trainer_contestant(), "trainer, guard off": trainer_contestant(guard=False),
+                   "trainer, Keras BN": trainer_contestant(fused=False), "keras fit": fit_contestant(),
+                   "bare loop": bare_contestant(), "bare loop, Keras BN": bare_contestant(fused=False)}
     rates = {name: [] for name in contestants}
     for _ in range(FLAGS.rounds):
         for name, run in contestants.items():
             rates[name].append(run())
     results = {name: float(np.median(r)) for name, r in rates.items()}
 
-    print(f"{FLAGS.model}, batch {batch}, {steps} timed steps x {FLAGS.rounds} rounds after {warmup} warm-up steps")
+    print(f"{FLAGS.model}, {FLAGS.precision}, batch {batch}, {steps} timed steps x {FLAGS.rounds} rounds "
+          f"after {warmup} warm-up steps")
     for name, rate in results.items():
-        print(f"  {name:20s} {rate:8.1f} examples/s (median; rounds: {', '.join(f'{r:.0f}' for r in rates[name])})")
+        print(f"  {name:21s} {rate:8.1f} examples/s (median; rounds: {', '.join(f'{r:.0f}' for r in rates[name])})")
     if FLAGS.memory:
         for name in ("trainer", "fit"):
             out = subprocess.run([sys.executable, "-m", "launch.benchmark", f"--only={name}", f"--steps={steps}",
                                   f"--batch_size={batch}", f"--model={FLAGS.model}",
                                   f"--precision={FLAGS.precision}"], capture_output=True, text=True, check=True)
             print(f"  alone in a fresh process: {out.stdout.strip().splitlines()[-1]}")
+    print(f"with Keras BatchNorm on both sides: trainer/bare="
+          f"{results['trainer, Keras BN'] / results['bare loop, Keras BN']:.3f}; "
+          f"fused kernel alone: bare/bare Keras BN={results['bare loop'] / results['bare loop, Keras BN']:.3f}")
     print(f"trainer/fit={results['trainer'] / results['keras fit']:.3f} "
           f"trainer/bare={results['trainer'] / results['bare loop']:.3f}")
 
