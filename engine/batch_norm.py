@@ -52,8 +52,11 @@ _open: dict[int, int] = {}  # id(layer) -> how many open contexts route it.
 def ineligible_reason(layer: keras.layers.Layer) -> str | None:
     """Why `layer` keeps the Keras computation under `fused`, or None if it is routed.
 
+    A layer not built yet is routed if its settings allow; its input rank is
+    checked when it is called (and the call falls back to Keras if need be).
+
     Args:
-      layer: any built Keras layer.
+      layer: any Keras layer.
 
     Returns:
       None for a BatchNormalization layer the fused kernel serves; otherwise a
@@ -63,19 +66,24 @@ def ineligible_reason(layer: keras.layers.Layer) -> str | None:
         return "not BatchNormalization"
     if type(layer).call is not _KERAS_CALL:
         return f"{type(layer).__name__} overrides call"
-    if not layer.built or layer.input_spec is None or layer.input_spec.ndim is None:
-        return "not built"
-    rank = layer.input_spec.ndim
-    if rank < 2 or layer.axis % rank != rank - 1:
-        return f"normalises axis {layer.axis} of rank-{rank} inputs, not the last"
     if layer.synchronized:
         return "synchronized"
     if layer.renorm:
         return "renorm"
     if layer.epsilon < _MIN_EPSILON:
         return f"epsilon {layer.epsilon} < {_MIN_EPSILON}"
-    if layer.moving_mean.dtype != "float32":
-        return f"{layer.moving_mean.dtype} statistics"
+    if layer.built:
+        rank = layer.input_spec.ndim if layer.input_spec is not None else None
+        if rank is not None and _axis_reason(layer, rank):
+            return _axis_reason(layer, rank)
+        if layer.moving_mean.dtype != "float32":
+            return f"{layer.moving_mean.dtype} statistics"
+    return None
+
+
+def _axis_reason(layer: keras.layers.BatchNormalization, rank: int | None) -> str | None:
+    if rank is None or rank < 2 or layer.axis % rank != rank - 1:
+        return f"normalises axis {layer.axis} of rank-{rank} inputs, not the last"
     return None
 
 
@@ -114,7 +122,8 @@ def fused(model: keras.layers.Layer) -> Iterator[list[keras.layers.Layer]]:
 def _fused_call(layer: keras.layers.BatchNormalization, inputs, training=None, mask=None):
     """BatchNormalization.call through FusedBatchNormV3; Keras's own call where it cannot serve."""
     inputs = tf.convert_to_tensor(inputs)
-    if mask is not None or inputs.dtype == tf.float64:
+    if (mask is not None or inputs.dtype == tf.float64 or _axis_reason(layer, inputs.shape.rank)
+            or layer.moving_mean.dtype != "float32"):
         return _KERAS_CALL(layer, inputs, training=training, mask=mask)
     # Keras casts float16/bfloat16 inputs to float32 (the statistics overflow in half
     # precision); the kernel takes them as they are and computes in float32 itself,

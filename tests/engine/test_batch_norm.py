@@ -151,6 +151,19 @@ def test_a_subclass_that_keeps_call_is_routed_and_a_masked_call_falls_back():
     np.testing.assert_allclose(got, expected, rtol=1e-6)
 
 
+
+def test_a_layer_built_inside_the_context_is_checked_when_called():
+    last, first = keras.layers.BatchNormalization(), keras.layers.BatchNormalization(axis=1)
+    x = tf.random.normal((4, 3, 3, 2))
+    for layer, expect_kernel in ((last, True), (first, False)):
+        with batch_norm.fused(layer) as routed:
+            assert routed == [layer]  # Not built: its axis is checked against the input it gets.
+            step = tf.function(lambda x: layer(x, training=True))
+            graph_ops = _ops(step.get_concrete_function(x))
+        assert ("FusedBatchNormV3" in graph_ops) == expect_kernel
+        np.testing.assert_allclose(step(x), layer(x, training=True), rtol=1e-4, atol=1e-4)
+
+
 def test_contexts_nest_and_leave_the_layer_as_keras_made_it():
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization()])
     bn = model.layers[1]
