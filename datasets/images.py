@@ -9,7 +9,9 @@ training pipeline in one of three cache modes:
     pipeline takes almost no CPU from the model. Needs all images the same size
     (or --image_size) and memory for N x h x w x 3 bytes.
   * "encoded": the files' bytes are held in memory and decoded every epoch.
-  * "none": files are read and decoded every epoch.
+  * "none": files are read and decoded every epoch; TFRecords read with
+    keep_bytes=False are read by record offset, a batch at a time
+    (datasets.tfrecord.RecordTable), so sets larger than memory train too.
 
 In every mode the data are addressed by example index (datasets.in_memory.
 epoch_batches): the file order is shuffled before anything is read, and each
@@ -57,7 +59,9 @@ def resize(image: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
 
 
 def _reader(index: ImageIndex) -> Callable[[tf.Tensor], tf.Tensor]:
-    """i -> the encoded bytes of example i, from memory or from its file."""
+    """i -> the encoded bytes of example i, from memory, its file or its TFRecord."""
+    if index.records is not None:  # One Python call per example: for the check pass, not for training.
+        return lambda i: index.records.encoded_images(tf.reshape(tf.cast(i, tf.int64), [1]))[0]
     if index.encoded is not None:
         encoded = tf.constant(list(index.encoded), tf.string)
         return lambda i: tf.gather(encoded, i)
@@ -69,6 +73,8 @@ def _read_one(index: ImageIndex, i: int) -> tf.Tensor:
     """The encoded bytes of example i, eagerly (without building _reader's tensor of all N)."""
     if index.encoded is not None:
         return tf.constant(index.encoded[i])
+    if index.records is not None:
+        return index.records.encoded_images(tf.constant([i], tf.int64))[0]
     return tf.io.read_file(os.fspath(index.paths[i]))
 
 
@@ -76,6 +82,9 @@ def read_encoded(index: ImageIndex) -> ImageIndex:
     """The index with every file's bytes read into memory (for cache="encoded")."""
     if index.encoded is not None:
         return index
+    if index.records is not None:
+        ds = tf.data.Dataset.range(len(index)).batch(4096).map(index.records.encoded_images)
+        return dataclasses.replace(index, encoded=[b for batch in ds.as_numpy_iterator() for b in batch], records=None)
     ds = tf.data.Dataset.from_tensor_slices([os.fspath(p) for p in index.paths]).map(
         tf.io.read_file, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).batch(4096)
     return dataclasses.replace(index, encoded=[b for batch in ds.as_numpy_iterator() for b in batch])
@@ -83,7 +92,7 @@ def read_encoded(index: ImageIndex) -> ImageIndex:
 
 def _why_bad(index: ImageIndex, i: int, shape: Sequence[int] | None) -> str:
     """Why example i cannot be used, for the error message."""
-    if index.encoded is None:
+    if index.encoded is None and index.records is None:
         path = index.paths[i]
         if not os.path.isfile(path):
             return "the file does not exist"
@@ -343,8 +352,23 @@ def check(index: ImageIndex, skip_bad: bool = False, progress: bool = True):
                 what="images (check)")
 
 
-def _streaming_train_fn(index: ImageIndex, *, global_batch_size, seed, recipe, per_image, image_shape, normalize):
+def _with_encoded(index: ImageIndex, ds: tf.data.Dataset, load: Callable) -> tf.data.Dataset:
+    """Batches of (ids [B], *rest) -> load(id, encoded bytes, *rest) per example, in order.
+
+    TFRecords streamed from disk are read a batch at a time (one Python call per
+    batch: 23k records/s here, against 7.4k one at a time); files and bytes in
+    memory are read per example inside the parallel map.
+    """
+    if index.records is not None:
+        fetch = index.records.encoded_images
+        ds = ds.map(lambda i, *rest: (i, fetch(i), *rest), num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        return ds.unbatch().map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     read = _reader(index)
+    return ds.unbatch().map(lambda i, *rest: load(i, read(i), *rest), num_parallel_calls=tf.data.AUTOTUNE,
+                            deterministic=True)
+
+
+def _streaming_train_fn(index: ImageIndex, *, global_batch_size, seed, recipe, per_image, image_shape, normalize):
     labels_t = tf.constant(index.labels, tf.int32)
     n = len(index)
     has_choices = bool(recipe.sample(np.random.default_rng(0), 0))
@@ -355,8 +379,8 @@ def _streaming_train_fn(index: ImageIndex, *, global_batch_size, seed, recipe, p
                                         max_side=round(image_shape[0] * 512 / 224)) if per_image else ()
         return (*drawn, *recipe.sample(rng, count))
 
-    def load_one(i, *choices):
-        image = decode(read(i))
+    def load_one(i, encoded, *choices):
+        image = decode(encoded)
         if per_image:
             side, corner, flip = choices[:per_image_count]
             image = augment.imagenet_train(image, side, corner, flip, crop=image_shape[0])
@@ -374,24 +398,22 @@ def _streaming_train_fn(index: ImageIndex, *, global_batch_size, seed, recipe, p
         ds = in_memory.epoch_batches(n, ctx, global_batch_size=global_batch_size, seed=seed, epoch=epoch,
                                      start_step=start_step, sample_fn=sample if (per_image or has_choices) else None,
                                      independent=independent)
-        ds = ds.unbatch().map(load_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-        ds = ds.batch(per_replica, drop_remainder=True)
+        ds = _with_encoded(index, ds, load_one).batch(per_replica, drop_remainder=True)
         return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 
     return dataset_fn
 
 
 def _streaming_eval(index: ImageIndex, *, global_batch_size, per_image, image_shape, normalize):
-    read = _reader(index)
     labels_t = tf.constant(index.labels, tf.int32)
 
-    def load_one(i):
-        image = decode(read(i))
+    def load_one(i, encoded):
+        image = decode(encoded)
         if per_image:
             image = augment.imagenet_eval(image, crop=image_shape[0], side=round(image_shape[0] * 256 / 224))
         else:
             image = tf.cast(tf.ensure_shape(resize(image, image_shape[:2]), image_shape), tf.float32)
         return image, tf.gather(labels_t, i)
 
-    ds = tf.data.Dataset.range(len(index)).map(load_one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    ds = _with_encoded(index, tf.data.Dataset.range(len(index)).batch(global_batch_size), load_one)
     return ds.batch(global_batch_size).map(lambda x, y: (normalize(x), y)).prefetch(tf.data.AUTOTUNE)

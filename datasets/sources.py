@@ -27,10 +27,13 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
-from typing import Callable, Iterable, Sequence
+from typing import TYPE_CHECKING, Callable, Iterable, Sequence
 
 import numpy as np
 import tensorflow as tf
+
+if TYPE_CHECKING:
+    from datasets.tfrecord import RecordTable
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 
@@ -47,7 +50,9 @@ class ImageIndex:
       origins: N strings naming where each example was listed, e.g.
         "train.csv:12" or the TFRecord shard and record number.
       encoded: N encoded images (bytes) when already in memory (TFRecord), or None
-        to read `paths`.
+        to read `paths` (or `records`).
+      records: for TFRecords streamed from disk, a datasets.tfrecord.RecordTable
+        saying where each example's record lies; None otherwise.
     """
 
     paths: Sequence[str]
@@ -55,12 +60,15 @@ class ImageIndex:
     class_names: tuple[str, ...]
     origins: Sequence[str]
     encoded: Sequence[bytes] | None = None
+    records: "RecordTable | None" = None
 
     def __post_init__(self):
         if not len(self.paths) == len(self.labels) == len(self.origins):
             raise ValueError(f"{len(self.paths)} paths, {len(self.labels)} labels and {len(self.origins)} origins")
         if self.encoded is not None and len(self.encoded) != len(self.paths):
             raise ValueError(f"{len(self.encoded)} encoded images for {len(self.paths)} paths")
+        if self.records is not None and len(self.records.offset) != len(self.paths):
+            raise ValueError(f"{len(self.records.offset)} records for {len(self.paths)} paths")
 
     @property
     def num_classes(self) -> int:
@@ -79,7 +87,8 @@ class ImageIndex:
         keep = np.asarray(keep, dtype=np.int64)
         return ImageIndex([self.paths[i] for i in keep], self.labels[keep], self.class_names,
                           [self.origins[i] for i in keep],
-                          None if self.encoded is None else [self.encoded[i] for i in keep])
+                          None if self.encoded is None else [self.encoded[i] for i in keep],
+                          None if self.records is None else self.records.subset(keep))
 
 
 def read_class_names(path: str) -> tuple[str, ...]:
@@ -205,13 +214,15 @@ def check_files_exist(index: ImageIndex) -> None:
             raise ValueError(f"{index.origins[i]}: image {path} does not exist")
 
 
-def image_source(path: str, class_names: Sequence[str] | None = None) -> ImageIndex:
+def image_source(path: str, class_names: Sequence[str] | None = None, *, keep_bytes: bool = True) -> ImageIndex:
     """An ImageIndex from a class folder, a CSV index or TFRecord files, by the path's form.
 
     Args:
       path: a folder (class folders), a .csv file (index of paths), or a file or
         glob pattern of TFRecord files (e.g. "/data/train-*.tfrecord").
       class_names: see image_csv (CSV and TFRecord sources).
+      keep_bytes: TFRecord sources: keep the encoded images in memory (False:
+        only where each record lies, to stream from disk with cache="none").
 
     Raises:
       ValueError: if nothing matches `path`, or as the matching reader does.
@@ -222,7 +233,7 @@ def image_source(path: str, class_names: Sequence[str] | None = None) -> ImageIn
         return image_csv(path, class_names)
     from datasets import tfrecord  # Imported here: it imports this module.
 
-    return tfrecord.read_index(path, class_names)
+    return tfrecord.read_index(path, class_names, keep_bytes=keep_bytes)
 
 
 # --- Sources that are not image files ------------------------------------------------

@@ -109,6 +109,58 @@ def test_tfrecord_round_trip_trains_and_keeps_bytes_labels_and_names(tmp_path):
     _fit(train, _cnn())
 
 
+
+def test_streamed_tfrecords_read_by_offset_give_the_same_batches_as_memory_and_resume(tmp_path):
+    _write_images(str(tmp_path / "img"), n_per_class=7, fmt="png")
+    index = sources.class_folders(str(tmp_path / "img"))
+    tfrecord.write(index, str(tmp_path / "rec" / "train"), num_shards=3, progress=False)
+    pattern = str(tmp_path / "rec" / "train-*.tfrecord")
+    held, streamed = tfrecord.read_index(pattern), tfrecord.read_index(pattern, keep_bytes=False)
+    assert streamed.encoded is None and streamed.records is not None
+    assert streamed.origins == held.origins and streamed.labels.tolist() == held.labels.tolist()
+    ids = np.array([20, 0, 13, 7])  # Across shards, out of order.
+    assert list(streamed.records.encoded_images(tf.constant(ids)).numpy()) == [held.encoded[i] for i in ids]
+    ctx = tf.distribute.InputContext()
+
+    def batches(idx, cache, start_step=0):
+        p = images.build(idx, idx, global_batch_size=4, progress=False, cache=cache, augment_names="cifar",
+                         normalize={"kind": "unit"})
+        return p, [(x.numpy(), y.numpy()) for x, y in p.train_fn(ctx, 2, start_step)]
+
+    p_held, from_memory = batches(held, "encoded")
+    p_streamed, from_disk = batches(streamed, "none")
+    assert len(from_disk) == len(from_memory) == p_streamed.steps_per_epoch == 5
+    for (xa, ya), (xb, yb) in zip(from_memory, from_disk):
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(xa, xb)
+    _, resumed = batches(streamed, "none", start_step=3)  # Index-addressed: a resume reads the same tail.
+    for (xa, ya), (xb, yb) in zip(from_disk[3:], resumed):
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(xa, xb)
+    eval_held = [(x.numpy(), y.numpy()) for x, y in p_held.eval_data]
+    eval_streamed = [(x.numpy(), y.numpy()) for x, y in p_streamed.eval_data]
+    assert sum(len(y) for _, y in eval_streamed) == 21  # Every example once, the last batch partial.
+    for (xa, ya), (xb, yb) in zip(eval_held, eval_streamed):
+        np.testing.assert_array_equal(ya, yb)
+        np.testing.assert_array_equal(xa, xb)
+    train, _ = _image_input(streamed, cache="none")
+    _fit(train, _cnn())
+
+
+def test_an_undecodable_image_in_a_streamed_tfrecord_names_shard_and_record(tmp_path):
+    paths, _ = _write_images(str(tmp_path / "img"))
+    with open(paths[5], "wb") as f:
+        f.write(b"this is not a picture")
+    index = sources.class_folders(str(tmp_path / "img"))
+    tfrecord.write(index, str(tmp_path / "r"), num_shards=2, progress=False)
+    streamed = tfrecord.read_index(str(tmp_path / "r-*.tfrecord"), keep_bytes=False)
+    # Example 5 went to shard 5 % 2 = 1 as its record 5 // 2 = 2.
+    with pytest.raises(ValueError, match=r"cat/005\.jpg \(.*r-00001-of-00002\.tfrecord#2\): not a decodable"):
+        images.build(streamed, global_batch_size=4, progress=False, cache="none")
+    p = images.build(streamed, global_batch_size=4, progress=False, cache="none", skip_bad=True)
+    assert p.num_train == 17 and "r-00001-of-00002.tfrecord#2" in p.skipped[0]
+
+
 def test_arrays_and_dataframe_train_through_the_index_addressed_pipeline():
     pandas = pytest.importorskip("pandas")
     rng = np.random.default_rng(0)
