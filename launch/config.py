@@ -153,6 +153,12 @@ class TrainConfig:
                 raise ValueError(f"--{name}={path} does not exist")
         if self.eval_data and not self.train_data:
             raise ValueError("--eval_data needs --train_data")
+        streamed = [f"--{name}={path}" for name in ("train_data", "eval_data")
+                    if (path := getattr(self, name)) and not os.path.isdir(path) and not path.lower().endswith(".csv")]
+        if streamed and self.cache == "none" and self.strategy == "parameter_server":
+            # The records are read by a Python function, which the remote workers cannot run.
+            raise ValueError(f"{streamed[0]}: TFRecords are streamed with --cache=none by a Python reader that "
+                             "parameter-server workers cannot run; use --cache=encoded or --cache=decoded")
         if self.image_size and (len(self.image_size) != 2 or min(self.image_size) < 1):
             raise ValueError(f"--image_size={','.join(map(str, self.image_size))} must be height,width")
         positive("accumulation_steps", self.accumulation_steps)

@@ -144,8 +144,11 @@ def prepare(config: TrainConfig) -> Run:
 def _load_data(config: TrainConfig, global_batch: int, progress: bool) -> tuple[images.ImagePipelines, str]:
     """--train_data/--eval_data through datasets.images, or CIFAR-10 from --data_dir; returns (pipelines, source)."""
     if config.train_data:
-        train = sources.image_source(config.train_data)
-        eval_index = sources.image_source(config.eval_data, train.class_names) if config.eval_data else None
+        # --cache=none streams TFRecords from disk; the other modes hold the bytes anyway.
+        keep_bytes = config.cache != "none"
+        train = sources.image_source(config.train_data, keep_bytes=keep_bytes)
+        eval_index = (sources.image_source(config.eval_data, train.class_names, keep_bytes=keep_bytes)
+                      if config.eval_data else None)
         if eval_index is not None and eval_index.num_classes != train.num_classes:
             raise ValueError(f"--eval_data={config.eval_data} has {eval_index.num_classes} classes but "
                              f"--train_data={config.train_data} has {train.num_classes}")

@@ -46,3 +46,12 @@ def test_flagfiles_move_to_the_front():
     argv = ["prog", "--model=resnet20", "--flagfile=a.flags", "--epochs=3", "--flagfile=b.flags"]
     assert flagfiles_first(argv) == ["prog", "--flagfile=a.flags", "--flagfile=b.flags", "--model=resnet20",
                                      "--epochs=3"]
+
+
+def test_streamed_tfrecords_are_refused_under_parameter_server_but_not_other_caches(tmp_path):
+    pattern = str(tmp_path / "train-*.tfrecord")
+    with pytest.raises(ValueError, match=r"--train_data=.*train-\*\.tfrecord: .*parameter-server workers"):
+        _config(tmp_path, data_dir=None, train_data=pattern, cache="none", strategy="parameter_server")
+    assert _config(tmp_path, data_dir=None, train_data=pattern, cache="encoded", strategy="parameter_server")
+    assert _config(tmp_path, data_dir=None, train_data=pattern, cache="none", strategy="mirrored")
+    assert _config(tmp_path, data_dir=None, train_data=str(tmp_path), cache="none", strategy="parameter_server")

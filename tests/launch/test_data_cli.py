@@ -44,7 +44,7 @@ def test_tfrecords_written_by_to_tfrecord_train_with_feature_flags_and_plot(tmp_
                         "--epochs=3", "--optimizer=adamw", "--learning_rate=0.01", "--lr_schedule=cosine",
                         "--warmup_epochs=1", "--clip_norm=1", "--accumulation_steps=2", "--ema_decay=0.9",
                         "--label_smoothing=0.1", "--precision=bfloat16", "--augment=cifar,jitter,affine",
-                        "--histogram_every_epochs=1"))
+                        "--histogram_every_epochs=1", "--cache=none"))  # TFRecords streamed from disk.
     assert result.returncode == 0, result.stderr[-3000:]
     assert "36 train, 36 eval examples" in result.stderr
     rows = json.load(open(model_dir / "history.json"))
