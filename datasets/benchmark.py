@@ -86,16 +86,17 @@ def main(argv):
                        os.path.join(tmp.name, "train"), 8, progress=False)
         print(f"wrote 8 TFRecord shards in {time.perf_counter() - t:.1f} s")
         tfrecord_glob = os.path.join(tmp.name, "train-*.tfrecord")
-    forms = {"folders": lambda: sources.class_folders(os.path.join(FLAGS.data_dir, "train")),
-             "csv": lambda: sources.image_csv(os.path.join(FLAGS.data_dir, "train.csv")),
-             "tfrecord": lambda: tfrecord.read_index(tfrecord_glob)}
+    forms = {"folders": lambda cache: sources.class_folders(os.path.join(FLAGS.data_dir, "train")),
+             "csv": lambda cache: sources.image_csv(os.path.join(FLAGS.data_dir, "train.csv")),
+             # --cache=none streams the records from disk by offset, as launch.train does.
+             "tfrecord": lambda cache: tfrecord.read_index(tfrecord_glob, keep_bytes=cache != "none")}
     print(f"TF {tf.__version__}, batch {FLAGS.batch_size}, augment {FLAGS.augment}, "
           f"{os.cpu_count()} CPUs")
     results = []
     for form in FLAGS.source:
         for cache in FLAGS.caches:
             t = time.perf_counter()
-            index = forms[form]()
+            index = forms[form](cache)
             t_index = time.perf_counter() - t
             t = time.perf_counter()
             # The CIFAR-10 constants: no pass over the pixels to measure them.
