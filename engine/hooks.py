@@ -23,6 +23,7 @@ Profiler and MaxTime.
 from __future__ import annotations
 
 import csv
+import glob
 import json
 import math
 import os
@@ -37,6 +38,8 @@ HOOK_EVENTS = ("train_begin", "loop_end", "epoch_end", "train_end")
 # checkpoint in <model_dir>/hook_state.json and given back on restore, so a resumed
 # run keeps its patience counters and best values.
 HOOK_STATE_FILE = "hook_state.json"
+# EarlyStopping's best weights, a checkpoint prefix under model_dir.
+_BEST_WEIGHTS = "early_stopping/step-{step}"
 
 
 def _better(mode: str, value: float, best: float, min_delta: float) -> bool:
@@ -59,8 +62,11 @@ class EarlyStopping:
       patience: epochs without improvement before stopping, >= 1.
       min_delta: the smallest change that counts as an improvement.
       mode: "min" or "max"; default "min" for names ending in "loss", else "max".
-      restore_best: on stopping (and at the end of fit), set the model's weights
-        to those of the best epoch, kept in host memory.
+      restore_best: on stopping, set the model's weights to those of the best
+        epoch (the weights that were evaluated: the moving averages with
+        ema_decay). They are kept in host memory and, with a model_dir, in
+        `<model_dir>/early_stopping/step-<N>`, so a resumed run that stops
+        restores the best epoch from before the resume too.
 
     Raises:
       ValueError: on a bad patience, min_delta or mode; KeyError at the first
@@ -83,8 +89,7 @@ class EarlyStopping:
         self._weights = None
 
     def get_state(self) -> dict:
-        # The best weights stay in memory: after a resume, restore_best restores the
-        # best epoch seen since the resume (the best checkpoint holds the run's best).
+        # The best weights are in memory and in <model_dir>/early_stopping/step-<best_step>.
         return {"best": self.best, "best_step": self.best_step, "wait": self.wait}
 
     def set_state(self, state: dict) -> None:
@@ -97,7 +102,13 @@ class EarlyStopping:
         if _better(self.mode, value, self.best, self.min_delta):
             self.best, self.best_step, self.wait = value, int(logs["step"]), 0
             if self.restore_best:
-                self._weights = [np.array(v) for v in trainer.model.get_weights()]
+                with trainer.ema_weights():  # The weights that were evaluated.
+                    self._weights = [np.array(v) for v in trainer.model.get_weights()]
+                    saved = trainer.save_weights(_BEST_WEIGHTS.format(step=self.best_step))
+                if saved and trainer.is_chief:  # Keep only the newest best.
+                    for path in glob.glob(os.path.join(os.path.dirname(saved), "step-*")):
+                        if not path.startswith(saved + "."):
+                            os.remove(path)
             return
         self.wait += 1
         if self.wait >= self.patience:
@@ -107,10 +118,16 @@ class EarlyStopping:
 
     def on_train_end(self, trainer, history):
         del history
-        if self.restore_best and self._weights is not None and self.stopped_at is not None:
+        if not self.restore_best or self.stopped_at is None or self.best_step is None:
+            return
+        if self._weights is not None:
             trainer.model.set_weights(self._weights)
-            trainer.say(f"early stopping: restored the weights of step {self.best_step} "
-                        f"({self.metric}={self.best:.4g})")
+        elif not trainer.load_weights(_BEST_WEIGHTS.format(step=self.best_step)):
+            trainer.say(f"early stopping: the weights of step {self.best_step} are not in memory or in "
+                        f"{trainer.model_dir}/{_BEST_WEIGHTS.format(step=self.best_step)}; kept the last weights")
+            return
+        trainer.say(f"early stopping: restored the weights of step {self.best_step} "
+                    f"({self.metric}={self.best:.4g})")
 
 
 class ReduceLROnPlateau:

@@ -920,6 +920,43 @@ class Trainer:
             self._save_hook_state(step)
         return self.checkpointer.latest
 
+    def save_weights(self, name: str) -> str | None:
+        """Writes the model's weights (a TF checkpoint) to `<model_dir>/<name>`, for hooks.
+
+        Every worker must call it, as for any multi-worker save; only the chief's
+        copy is kept (the others write to their scratch folder and delete it).
+
+        Args:
+          name: checkpoint prefix relative to model_dir, e.g. "early_stopping/step-300".
+
+        Returns:
+          The prefix under model_dir, or None without a model_dir.
+        """
+        if not self.model_dir:
+            return None
+        weights = tf.train.Checkpoint(model=self.model)
+        if self._scratch:
+            weights.write(os.path.join(self._scratch, name))
+            remove_scratch(self._scratch)
+        else:
+            weights.write(os.path.join(self.model_dir, name))
+        return os.path.join(self.model_dir, name)
+
+    def load_weights(self, name: str) -> bool:
+        """Sets the model's weights from `<model_dir>/<name>` (written by save_weights).
+
+        Returns:
+          False, changing nothing, when there is no model_dir or no such checkpoint.
+
+        Raises:
+          AssertionError: if the checkpoint does not fit the model.
+        """
+        prefix = os.path.join(self.model_dir, name) if self.model_dir else None
+        if prefix is None or not tf.io.gfile.exists(prefix + ".index"):
+            return False
+        tf.train.Checkpoint(model=self.model).read(prefix).assert_existing_objects_matched()
+        return True
+
     def _hook_state_path(self) -> str:
         return os.path.join(self.model_dir, HOOK_STATE_FILE)
 

@@ -203,3 +203,42 @@ def test_patience_counters_and_best_values_survive_a_resume(tmp_path):
     history = resumed.fit(train, epochs=4)
     # Two more epochs without improvement make 3 for early stopping: it stops at the 4th epoch.
     assert resumed.stopped_by.startswith("early stopping") and history["step"] == [9, 12]
+
+
+def test_early_stopping_after_a_resume_restores_the_best_epoch_from_before_it(tmp_path):
+    train, _ = _input()
+    kept = {}
+
+    class Keep:
+        def on_epoch_end(self, trainer, logs):
+            kept[int(logs["step"])] = trainer.model.get_weights()
+
+    first = _trainer(model_dir=str(tmp_path), hooks=[_Feed([1.0, 0.5]), Keep(),
+                                                     hooks_lib.EarlyStopping("made_up", patience=2, mode="min")])
+    first.fit(train, epochs=2)
+    saved = sorted(p.name for p in (tmp_path / "early_stopping").iterdir())
+    assert saved == ["step-6.data-00000-of-00001", "step-6.index"]  # Only the newest best is kept.
+    stop = hooks_lib.EarlyStopping("made_up", patience=2, mode="min")
+    resumed = _trainer(model_dir=str(tmp_path), hooks=[_Feed([0.7, 0.8, 0.9]), Keep(), stop])
+    resumed.fit(train, epochs=5)
+    assert resumed.stopped_by.startswith("early stopping") and resumed.global_step == 12
+    for a, b in zip(resumed.model.get_weights(), kept[6]):  # From disk: the resumed run never held them.
+        np.testing.assert_array_equal(a, b)
+    assert any(not np.array_equal(a, b) for a, b in zip(kept[12], kept[6]))
+
+
+def test_early_stopping_restores_the_evaluated_moving_averages_with_ema():
+    train, _ = _input()
+    evaluated = {}
+
+    class Keep:
+        def on_epoch_end(self, trainer, logs):
+            with trainer.ema_weights():
+                evaluated[int(logs["step"])] = trainer.model.get_weights()
+
+    trainer = _trainer(hooks=[_Feed([1.0, 2.0, 3.0]), Keep(), hooks_lib.EarlyStopping("made_up", patience=2,
+                                                                                       mode="min")], ema_decay=0.5)
+    trainer.fit(train, epochs=3)
+    assert trainer.stopped_by.startswith("early stopping")
+    for a, b in zip(trainer.model.get_weights(), evaluated[3]):
+        np.testing.assert_array_equal(a, b)
