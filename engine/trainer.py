@@ -237,9 +237,6 @@ class Trainer:
             raise ValueError(f"nonfinite_action={nonfinite_action!r} must be one of {', '.join(NONFINITE_ACTIONS)}")
         if accumulation_steps < 1:
             raise ValueError(f"accumulation_steps={accumulation_steps} must be at least 1")
-        if accumulation_steps > 1 and isinstance(optimizer, keras.optimizers.LossScaleOptimizer):
-            raise ValueError("accumulation_steps > 1 with a LossScaleOptimizer (float16) is not supported; "
-                             "use bfloat16 or no accumulation")
         if ema_decay is not None and not 0 < ema_decay < 1:
             raise ValueError(f"ema_decay={ema_decay} must be in (0, 1)")
         if not 0 < rollback_lr_factor <= 1:

@@ -61,6 +61,44 @@ def test_accumulating_k_micro_batches_equals_one_step_on_the_k_times_batch(repli
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("replicas", [1, 2], ids=["1-replica", "2-replicas"])
+def test_accumulation_with_float16_loss_scaling_equals_one_step_on_the_k_times_batch(replicas, two_replicas):
+    strategy = two_replicas if replicas == 2 else None
+    x, y = _data()
+    order = list(_input(x, y, 32).dataset_fn(tf.distribute.InputContext(), 0, 0))
+    xs = np.concatenate([a.numpy() for a, _ in order])
+    ys = np.concatenate([b.numpy() for _, b in order])
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        def optimizer():
+            return build_optimizer("sgd", 0.1, momentum=0.9, loss_scale=True)
+        big = _trainer(strategy, batch=32, optimizer=optimizer)
+        big.fit(_input(x, y, 32), train_steps=2)
+        micro = _trainer(strategy, batch=8, accumulation_steps=4, optimizer=optimizer)
+        micro.fit(tf.data.Dataset.from_tensor_slices((xs, ys)).batch(8), train_steps=8)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert int(micro.optimizer.iterations.numpy()) == 2
+    for a, b in zip(big.model.get_weights(), micro.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-2, atol=1e-3)  # float16 activations and gradients
+
+
+def test_accumulated_float16_window_that_overflows_is_skipped_and_lowers_the_scale():
+    x, y = _data()
+    keras.mixed_precision.set_dtype_policy("mixed_float16")
+    try:
+        trainer = _trainer(batch=8, accumulation_steps=4, optimizer=lambda: keras.optimizers.LossScaleOptimizer(
+            keras.optimizers.SGD(0.1), initial_scale=2.0 ** 60))  # Gradients overflow float16 at once.
+        before = trainer.model.get_weights()
+        trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), train_steps=4)
+    finally:
+        keras.mixed_precision.set_dtype_policy("float32")
+    assert float(trainer.optimizer.dynamic_scale.numpy()) == 2.0 ** 59  # Halved once, for the one window.
+    for a, b in zip(before, trainer.model.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert all(not np.any(acc.numpy()) for acc in trainer._accumulators)  # The next window starts from zero.
+
+
 def test_accumulation_counts_optimizer_steps_for_the_schedule():
     x, y = _data()
     schedule = keras.optimizers.schedules.PiecewiseConstantDecay([0], [1.0, 0.5])  # 1.0 only at update 0
