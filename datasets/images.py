@@ -155,8 +155,8 @@ def scan(
             except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
                 continue
 
-    def one(i):
-        image = decode(read(i))
+    def one(i, encoded):
+        image = decode(encoded)
         if image_size:
             image = resize(image, image_size)
         elif shape is not None:
@@ -166,8 +166,7 @@ def scan(
         # tf.data's graph optimisation could prune it and check nothing.
         return i, (image if keep_pixels else tf.shape(image))
 
-    ds = (tf.data.Dataset.range(n).map(one, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-          .ignore_errors().batch(2048))
+    ds = _with_encoded(index, tf.data.Dataset.range(n).batch(256), one).ignore_errors().batch(2048)
     good, chunks = [], []
     with tqdm(total=n, desc=f"decoding {what}", unit="img", disable=not progress, leave=False) as bar:
         for batch in ds:
