@@ -192,6 +192,11 @@ class Trainer:
         computation). Keras 3 computes BatchNorm as separate ops; on this
         machine's CPU the kernel makes a ResNet-20 step 1.36x faster in float32
         (2x in bfloat16). The model's own `call` outside the Trainer is untouched.
+      jit_compile: compile each replica's forward-backward pass (and the eval
+        forward pass) with XLA. The update, the non-finite guard and the metrics
+        stay outside it, so every strategy and optimizer works as without it.
+        Off by default: on this machine's CPU XLA is slower (BUILD_NOTES.md);
+        on GPUs it often is faster: measure.
 
     Raises:
       ValueError: if the loss reduces over the batch, the global batch is not
@@ -222,6 +227,7 @@ class Trainer:
         accumulation_steps: int = 1,
         ema_decay: float | None = None,
         fused_batch_norm: bool = True,
+        jit_compile: bool = False,
     ):
         self.strategy = strategy or tf.distribute.get_strategy()
         replicas = self.strategy.num_replicas_in_sync
@@ -264,6 +270,12 @@ class Trainer:
         self.accumulation_steps = accumulation_steps
         self.ema_decay = ema_decay
         self.fused_batch_norm = fused_batch_norm
+        self.jit_compile = jit_compile
+        # The per-replica compute, XLA-compiled on request (nested in the loop's
+        # tf.function: the iterator and the cross-replica update cannot be).
+        self._gradients = (tf.function(self._gradients_fn, jit_compile=True) if jit_compile
+                           else self._gradients_fn)
+        self._infer = (tf.function(self._infer_fn, jit_compile=True) if jit_compile else self._infer_fn)
         self._hooks: list[object] = list(hooks)
         self._stop_reason: str | None = None
         self.retraces: list[str] = []  # Warnings of step functions traced again after warm-up.
@@ -368,18 +380,26 @@ class Trainer:
             loss += tf.nn.scale_regularization_loss(reg) / k
         return loss, per_example
 
-    def train_step(self, inputs) -> None:
-        """One micro-batch on one replica: forward, loss, gradients, and the update when due."""
-        features, labels = inputs
-        loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+    def _gradients_fn(self, features, labels):
+        """(loss, per-example losses, outputs, gradients) of one replica's batch."""
         with tf.GradientTape() as tape:
             outputs = _to_float32(self.model(features, training=True))
             loss, per_example = self.compute_loss(labels, outputs)
             # float16: the LossScaleOptimizer scales the loss up (on the tape) and its
             # gradients back down.
-            target = self.optimizer.scale_loss(loss) if loss_scaled else loss
+            target = (self.optimizer.scale_loss(loss)
+                      if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer) else loss)
+        return loss, per_example, outputs, tape.gradient(target, self.model.trainable_variables)
+
+    def _infer_fn(self, features):
+        return _to_float32(self.model(features, training=False))
+
+    def train_step(self, inputs) -> None:
+        """One micro-batch on one replica: forward, loss, gradients, and the update when due."""
+        features, labels = inputs
+        loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
+        loss, per_example, outputs, grads = self._gradients(features, labels)
         variables = self.model.trainable_variables
-        grads = tape.gradient(target, variables)
         loss_finite = tf.reduce_all(tf.math.is_finite(loss))
         if self._accumulators:
             for acc, g in zip(self._accumulators, grads):
@@ -467,7 +487,7 @@ class Trainer:
     def eval_step(self, inputs) -> None:
         """Updates the eval metrics with one replica's batch (features, labels)."""
         features, labels = inputs
-        outputs = _to_float32(self.model(features, training=False))
+        outputs = self._infer(features)
         self._update_metrics(self.eval_metrics, labels, outputs, tf.cast(self.eval_loss(labels, outputs), tf.float32))
 
     @staticmethod

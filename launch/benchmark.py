@@ -43,6 +43,8 @@ flags.DEFINE_integer("rounds", 3, "Timed rounds per contestant, taken in turns; 
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Compute precision of every contestant.")
 flags.DEFINE_enum("only", None, ["trainer", "fit", "bare"], "Run one contestant alone and print its peak "
                   "resident memory (used by --memory).")
+flags.DEFINE_bool("xla", False, "Also run the Trainer (jit_compile=True) and Keras fit (jit_compile=True) with "
+                  "XLA.")
 flags.DEFINE_bool("memory", False, "Also run the trainer and Keras fit each alone in a fresh process and print "
                   "their peak resident memory (ru_maxrss).")
 FLAGS = flags.FLAGS
@@ -80,10 +82,11 @@ def main(argv: list[str]) -> None:
     # Each contestant is set up (and traced) once; then the contestants take turns,
     # FLAGS.rounds times, and the median rate counts: on a shared 2-core machine
     # one round can be disturbed, and the first runs of a process pay one-time costs.
-    def trainer_contestant(guard: bool = True, fused: bool = True):
+    def trainer_contestant(guard: bool = True, fused: bool = True, jit: bool = False):
         model, optimizer = fresh()
         trainer = Trainer(model=model, optimizer=optimizer, loss=loss(), global_batch_size=batch, steps_per_loop=50,
-                          nonfinite_limit=10 if guard else None, progress=False, fused_batch_norm=fused)
+                          nonfinite_limit=10 if guard else None, progress=False, fused_batch_norm=fused,
+                          jit_compile=jit)
         data = DatasetInput(dataset(), steps_per_epoch=10**9)  # one endless epoch: no epoch-end work
         trainer.fit(data, train_steps=warmup)
 
@@ -93,10 +96,10 @@ def main(argv: list[str]) -> None:
             return steps * batch / (time.perf_counter() - start)
         return run
 
-    def fit_contestant():
+    def fit_contestant(jit: bool = False):
         model, optimizer = fresh()
         model.compile(optimizer=optimizer, loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True),
-                      metrics=["accuracy"], jit_compile=False)
+                      metrics=["accuracy"], jit_compile=jit)
         model.fit(dataset().take(warmup), epochs=1, verbose=0)
 
         class Timer(keras.callbacks.Callback):
@@ -149,6 +152,8 @@ def main(argv: list[str]) -> None:
     contestants = {"trainer": trainer_contestant(), "trainer, guard off": trainer_contestant(guard=False),
                    "trainer, Keras BN": trainer_contestant(fused=False), "keras fit": fit_contestant(),
                    "bare loop": bare_contestant(), "bare loop, Keras BN": bare_contestant(fused=False)}
+    if FLAGS.xla:
+        contestants.update({"trainer, XLA": trainer_contestant(jit=True), "keras fit, XLA": fit_contestant(jit=True)})
     rates = {name: [] for name in contestants}
     for _ in range(FLAGS.rounds):
         for name, run in contestants.items():

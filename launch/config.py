@@ -80,6 +80,7 @@ class TrainConfig:
     ema_decay: float = 0.0
     label_smoothing: float = 0.0
     fused_batch_norm: bool = True
+    jit_compile: bool = False
     lr_schedule: str = "piecewise"
     warmup_epochs: float = 0.0
     plateau_patience: int = 0

@@ -198,7 +198,7 @@ def _trainer(config: TrainConfig, model, optimizer, strategy, global_batch: int,
         nonfinite_action=config.nonfinite_action, rollback_lr_factor=config.rollback_lr_factor,
         best_metric=config.best_metric or None, progress=config.progress, hooks=hooks,
         accumulation_steps=config.accumulation_steps, ema_decay=config.ema_decay or None,
-        fused_batch_norm=config.fused_batch_norm)
+        fused_batch_norm=config.fused_batch_norm, jit_compile=config.jit_compile)
 
 
 def _build_model(config: TrainConfig, image_shape, num_classes: int,

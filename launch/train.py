@@ -67,7 +67,7 @@ def config_from_flags() -> TrainConfig:
                                 or FLAGS.optimizer != "adamw" else None),
         clip_norm=FLAGS.clip_norm, accumulation_steps=FLAGS.accumulation_steps, precision=FLAGS.precision,
         ema_decay=FLAGS.ema_decay, label_smoothing=FLAGS.label_smoothing,
-        fused_batch_norm=FLAGS.fused_batch_norm, lr_schedule=FLAGS.lr_schedule,
+        fused_batch_norm=FLAGS.fused_batch_norm, jit_compile=FLAGS.jit_compile, lr_schedule=FLAGS.lr_schedule,
         warmup_epochs=FLAGS.warmup_epochs, plateau_patience=FLAGS.plateau_patience,
         plateau_factor=FLAGS.plateau_factor, plateau_metric=FLAGS.plateau_metric,
         early_stopping_patience=FLAGS.early_stopping_patience, early_stopping_metric=FLAGS.early_stopping_metric,

@@ -9,6 +9,7 @@ from datasets import augment, in_memory
 from engine import EpochInput, Trainer
 from engine.losses import sparse_categorical_crossentropy
 from engine.optimizers import OPTIMIZERS, build_optimizer
+from tests.engine.test_batch_norm import _conv_bn_model
 
 N, FEATURES, CLASSES = 64, 5, 3
 
@@ -237,3 +238,35 @@ def test_input_wait_is_logged_per_loop_and_per_epoch():
     history = trainer.fit(_input(x, y, 16), epochs=1)
     assert len(seen) == 2 and all(0 <= w <= 100 for w in seen)
     assert 0 <= history["input_wait_percent"][0] <= 100
+
+
+def _xla_functions(trainer) -> int:
+    """How many functions of the traced train loop XLA must compile."""
+    count = 0
+    for concrete in trainer._train_loop._list_all_concrete_functions():
+        for f in concrete.graph.as_graph_def().library.function:
+            count += bool(f.attr["_XlaMustCompile"].b)
+    return count
+
+
+@pytest.mark.parametrize("replicas", [1, 2], ids=["1-replica", "2-replicas"])
+def test_xla_compiled_steps_train_and_evaluate_as_without(replicas, two_replicas):
+    strategy = two_replicas if replicas == 2 else tf.distribute.get_strategy()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(48, 8, 8, 3)).astype(np.float32)
+    y = rng.integers(0, 3, 48).astype(np.int32)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
+    results = {}
+    for jit in (False, True):
+        with strategy.scope():
+            model = _conv_bn_model()
+            optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
+        trainer = Trainer(model=model, optimizer=optimizer, loss=sparse_categorical_crossentropy(), strategy=strategy,
+                          global_batch_size=8, steps_per_loop=3, progress=False, jit_compile=jit)
+        trainer.fit(data, train_steps=6)
+        assert (_xla_functions(trainer) > 0) == jit
+        results[jit] = ([w.numpy() for w in model.weights], trainer.evaluate(data))
+    for a, b in zip(results[True][0], results[False][0]):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    assert results[True][1]["accuracy"] == results[False][1]["accuracy"]
+    np.testing.assert_allclose(results[True][1]["loss"], results[False][1]["loss"], rtol=1e-5)
