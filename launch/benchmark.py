@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import resource
 import subprocess
 import sys
 import time
@@ -46,7 +45,7 @@ flags.DEFINE_enum("only", None, ["trainer", "fit", "bare"], "Run one contestant 
 flags.DEFINE_bool("xla", False, "Also run the Trainer (jit_compile=True) and Keras fit (jit_compile=True) with "
                   "XLA.")
 flags.DEFINE_bool("memory", False, "Also run the trainer and Keras fit each alone in a fresh process and print "
-                  "their peak resident memory (ru_maxrss).")
+                  "their peak resident memory (VmHWM).")
 FLAGS = flags.FLAGS
 
 
@@ -178,8 +177,17 @@ def main(argv: list[str]) -> None:
 
 
 def _peak_rss_mib() -> float:
-    """Peak resident set size of this process, MiB (ru_maxrss is KiB on Linux)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """Peak resident set size of this process since it started, MiB.
+
+    From VmHWM in /proc/self/status (Linux). Not getrusage's ru_maxrss: Linux
+    carries that across fork and exec, so a child started by the benchmark after
+    its own contestants ran reported the parent's peak (BUILD_NOTES.md, Pitfalls).
+    """
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    raise RuntimeError("no VmHWM in /proc/self/status; peak memory needs Linux")
 
 
 if __name__ == "__main__":
