@@ -185,12 +185,16 @@ def _conv_bn_model():
         keras.layers.BatchNormalization(momentum=0.5), keras.layers.Dense(3)])
 
 
+def _conv_data():
+    """48 examples for _conv_bn_model: float32 [48, 8, 8, 3] images, int32 [48] labels in [0, 3)."""
+    rng = np.random.default_rng(0)
+    return rng.normal(size=(48, 8, 8, 3)).astype(np.float32), rng.integers(0, 3, 48).astype(np.int32)
+
+
 @pytest.mark.parametrize("replicas", [1, 2], ids=["1-replica", "2-replicas"])
 def test_trainer_with_fused_kernel_trains_as_with_keras_batch_norm(replicas, two_replicas):
     strategy = two_replicas if replicas == 2 else tf.distribute.get_strategy()
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(48, 8, 8, 3)).astype(np.float32)
-    y = rng.integers(0, 3, 48).astype(np.int32)
+    x, y = _conv_data()
     weights, ops = {}, {}
     for fused in (False, True):
         with strategy.scope():

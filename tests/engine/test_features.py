@@ -9,7 +9,7 @@ from datasets import augment, in_memory
 from engine import EpochInput, Trainer
 from engine.losses import sparse_categorical_crossentropy
 from engine.optimizers import OPTIMIZERS, build_optimizer
-from tests.engine.test_batch_norm import _conv_bn_model
+from tests.engine.test_batch_norm import _conv_bn_model, _conv_data
 
 N, FEATURES, CLASSES = 64, 5, 3
 
@@ -252,9 +252,7 @@ def _xla_functions(trainer) -> int:
 @pytest.mark.parametrize("replicas", [1, 2], ids=["1-replica", "2-replicas"])
 def test_xla_compiled_steps_train_and_evaluate_as_without(replicas, two_replicas):
     strategy = two_replicas if replicas == 2 else tf.distribute.get_strategy()
-    rng = np.random.default_rng(0)
-    x = rng.normal(size=(48, 8, 8, 3)).astype(np.float32)
-    y = rng.integers(0, 3, 48).astype(np.int32)
+    x, y = _conv_data()
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(8)
     results = {}
     for jit in (False, True):
