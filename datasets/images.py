@@ -59,9 +59,7 @@ def resize(image: tf.Tensor, size: Sequence[int]) -> tf.Tensor:
 
 
 def _reader(index: ImageIndex) -> Callable[[tf.Tensor], tf.Tensor]:
-    """i -> the encoded bytes of example i, from memory, its file or its TFRecord."""
-    if index.records is not None:  # One Python call per example: for the check pass, not for training.
-        return lambda i: index.records.encoded_images(tf.reshape(tf.cast(i, tf.int64), [1]))[0]
+    """i -> the encoded bytes of example i, from memory or from its file (streamed TFRecords: _with_encoded)."""
     if index.encoded is not None:
         encoded = tf.constant(list(index.encoded), tf.string)
         return lambda i: tf.gather(encoded, i)
@@ -145,12 +143,11 @@ def scan(
         another size (and its CSV line), unless skip_bad; or if no image is usable.
     """
     n = len(index)
-    read = _reader(index)
     shape = tuple(image_size) + (3,) if image_size else None
     if shape is None and check_size:
         for i in range(n):  # The size every image must have: that of the first readable one.
             try:
-                shape = tuple(decode(read(tf.constant(i))).shape)
+                shape = tuple(decode(_read_one(index, i)).shape)
                 break
             except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError):
                 continue

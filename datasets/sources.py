@@ -214,6 +214,13 @@ def check_files_exist(index: ImageIndex) -> None:
             raise ValueError(f"{index.origins[i]}: image {path} does not exist")
 
 
+def source_kind(path: str) -> str:
+    """Which image_source reader serves `path`: "folders", "csv" or "tfrecord"."""
+    if os.path.isdir(path):
+        return "folders"
+    return "csv" if path.lower().endswith(".csv") else "tfrecord"
+
+
 def image_source(path: str, class_names: Sequence[str] | None = None, *, keep_bytes: bool = True) -> ImageIndex:
     """An ImageIndex from a class folder, a CSV index or TFRecord files, by the path's form.
 
@@ -227,9 +234,10 @@ def image_source(path: str, class_names: Sequence[str] | None = None, *, keep_by
     Raises:
       ValueError: if nothing matches `path`, or as the matching reader does.
     """
-    if os.path.isdir(path):
+    kind = source_kind(path)
+    if kind == "folders":
         return class_folders(path)
-    if path.lower().endswith(".csv"):
+    if kind == "csv":
         return image_csv(path, class_names)
     from datasets import tfrecord  # Imported here: it imports this module.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
+from datasets import sources
 from engine.distribution import STRATEGIES
 from models import MODEL_NAMES
 
@@ -155,7 +156,7 @@ class TrainConfig:
         if self.eval_data and not self.train_data:
             raise ValueError("--eval_data needs --train_data")
         streamed = [f"--{name}={path}" for name in ("train_data", "eval_data")
-                    if (path := getattr(self, name)) and not os.path.isdir(path) and not path.lower().endswith(".csv")]
+                    if (path := getattr(self, name)) and sources.source_kind(path) == "tfrecord"]
         if streamed and self.cache == "none" and self.strategy == "parameter_server":
             # The records are read by a Python function, which the remote workers cannot run.
             raise ValueError(f"{streamed[0]}: TFRecords are streamed with --cache=none by a Python reader that "

@@ -120,6 +120,7 @@ def test_streamed_tfrecords_read_by_offset_give_the_same_batches_as_memory_and_r
     assert streamed.origins == held.origins and streamed.labels.tolist() == held.labels.tolist()
     ids = np.array([20, 0, 13, 7])  # Across shards, out of order.
     assert list(streamed.records.encoded_images(tf.constant(ids)).numpy()) == [held.encoded[i] for i in ids]
+    assert images.read_encoded(streamed).encoded == held.encoded  # --cache=encoded from a streamed index
     ctx = tf.distribute.InputContext()
 
     def batches(idx, cache, start_step=0):
