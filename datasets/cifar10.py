@@ -61,26 +61,32 @@ class Cifar10:
       train: 50,000 examples in the official data.
       test: 10,000 examples in the official data.
       source: a line naming the form and path read, for logs.
+      skipped: one line per image file left out as unusable (load's skip_bad).
     """
 
     train: Split
     test: Split
     source: str
+    skipped: tuple[str, ...] = ()
 
 
-def load(data_dir: str | None) -> Cifar10:
+def load(data_dir: str | None, *, skip_bad: bool = False, progress: bool = False) -> Cifar10:
     """Loads CIFAR-10 from `data_dir`, or from Keras's download cache when None.
 
     Args:
       data_dir: a folder holding one of the forms in this module's docstring, the
         `cifar-10-python.tar.gz` file, or None to use `keras.datasets.cifar10`.
+      skip_bad: image-file forms: leave out a missing, empty, undecodable or
+        not 32x32 image (listed in `skipped`) instead of raising.
+      progress: image-file forms: show a progress bar while decoding.
 
     Returns:
       A Cifar10 with uint8 [N, 32, 32, 3] images and int32 [N] labels.
 
     Raises:
       ValueError: if `data_dir` does not exist, holds none of the known forms, or a
-        file in it is malformed (the message names the path, and the CSV line); if
+        file in it is malformed or an image unusable (the message names the path,
+        and the CSV line), unless skip_bad for images; if
         no `data_dir` is given and the Keras download fails (no network), the
         message says what was tried and how to pass `--data_dir`.
     """
@@ -94,8 +100,8 @@ def load(data_dir: str | None) -> Cifar10:
             return _load_python_tar(data_dir)
         raise ValueError(f"--data_dir={data_dir} is a file but not a cifar-10-python.tar.gz archive")
     candidates = [
-        (os.path.join(data_dir, "train.csv"), _load_csv_indexes),
-        (os.path.join(data_dir, "train"), _load_class_folders),
+        (os.path.join(data_dir, "train.csv"), lambda p: _load_csv_indexes(p, skip_bad, progress)),
+        (os.path.join(data_dir, "train"), lambda p: _load_class_folders(p, skip_bad, progress)),
         (os.path.join(data_dir, "cifar-10-python.tar.gz"), _load_python_tar),
         (os.path.join(data_dir, "cifar-10-batches-py"), _load_python_batches),
         (os.path.join(data_dir, "data_batch_1"), lambda _: _load_python_batches(data_dir)),
@@ -233,12 +239,17 @@ def list_class_folders(split_dir: str) -> tuple[list[str], np.ndarray]:
       ValueError: if the folder is missing or has no class folders, a class folder
         has no images, or there are more classes than NUM_CLASSES.
     """
+    index = _class_folder_index(split_dir)
+    return list(index.paths), index.labels
+
+
+def _class_folder_index(split_dir: str):
     from datasets import sources
 
     index = sources.class_folders(split_dir)
     if index.num_classes > NUM_CLASSES:
         raise ValueError(f"{split_dir} has {index.num_classes} class folders, CIFAR-10 has {NUM_CLASSES}")
-    return list(index.paths), index.labels
+    return index
 
 
 def decode_images(paths: list[str]) -> np.ndarray:
@@ -271,19 +282,33 @@ def decode_images(paths: list[str]) -> np.ndarray:
         raise
 
 
-def _load_files(train: tuple[list[str], np.ndarray], test: tuple[list[str], np.ndarray],
-                source: str) -> Cifar10:
-    return Cifar10(Split(decode_images(train[0]), train[1]), Split(decode_images(test[0]), test[1]), source)
+def _load_index(train, test, source: str, skip_bad: bool, progress: bool) -> Cifar10:
+    """Decodes two ImageIndexes through datasets.images.scan: bad images named by path and CSV line."""
+    from datasets import images
+
+    splits, skipped = [], []
+    for index, what in ((train, "train images"), (test, "test images")):
+        pixels, kept, lines = images.scan(index, skip_bad=skip_bad, progress=progress, what=what)
+        if pixels.shape[1:] != IMAGE_SHAPE:
+            raise ValueError(f"{index.describe(0)}: CIFAR-10 images are 32x32 RGB, these are "
+                             f"{pixels.shape[1]}x{pixels.shape[2]}")
+        splits.append(Split(pixels, kept.labels))
+        skipped += lines
+    return Cifar10(splits[0], splits[1], source, tuple(skipped))
 
 
-def _load_csv_indexes(train_csv: str) -> Cifar10:
+def _load_csv_indexes(train_csv: str, skip_bad: bool = False, progress: bool = False) -> Cifar10:
+    from datasets import sources
+
     test_csv = os.path.join(os.path.dirname(train_csv), "test.csv")
     if not os.path.isfile(test_csv):
         raise ValueError(f"{train_csv} exists but {test_csv} is missing")
-    return _load_files(read_csv_index(train_csv), read_csv_index(test_csv), f"CSV indexes {train_csv}, {test_csv}")
+    return _load_index(sources.image_csv(train_csv, CLASS_NAMES, check_paths=not skip_bad),
+                       sources.image_csv(test_csv, CLASS_NAMES, check_paths=not skip_bad),
+                       f"CSV indexes {train_csv}, {test_csv}", skip_bad, progress)
 
 
-def _load_class_folders(train_dir: str) -> Cifar10:
+def _load_class_folders(train_dir: str, skip_bad: bool = False, progress: bool = False) -> Cifar10:
     test_dir = os.path.join(os.path.dirname(train_dir), "test")
-    return _load_files(list_class_folders(train_dir), list_class_folders(test_dir),
-                       f"class folders {train_dir}, {test_dir}")
+    return _load_index(_class_folder_index(train_dir), _class_folder_index(test_dir),
+                       f"class folders {train_dir}, {test_dir}", skip_bad, progress)

@@ -119,6 +119,37 @@ def fused(model: keras.layers.Layer) -> Iterator[list[keras.layers.Layer]]:
                 object.__delattr__(layer, "call")
 
 
+@contextlib.contextmanager
+def synchronized(model: keras.layers.Layer) -> Iterator[list[keras.layers.Layer]]:
+    """Sets `synchronized=True` on the BatchNormalization layers of `model` while open.
+
+    Keras's synchronized BatchNormalization computes the batch mean and variance
+    over the global batch (an all-reduce of the per-replica sums in each
+    training call) instead of each replica's share; with one replica it changes
+    nothing. Open it around the tracing of a tf.function, like `fused`; the
+    layers' setting is put back when it closes, so the model's config and its
+    own calls elsewhere are unchanged.
+
+    Reference: Peng et al., "MegDet: A Large Mini-Batch Object Detector", 2018
+    (cross-GPU batch normalization); Keras `BatchNormalization(synchronized=True)`.
+
+    Args:
+      model: a Keras model or layer; its nested layers are searched.
+
+    Yields:
+      The layers switched (those not synchronized already).
+    """
+    switched = [layer for layer in model._flatten_layers(include_self=True)
+                if isinstance(layer, keras.layers.BatchNormalization) and not layer.synchronized]
+    for layer in switched:
+        layer.synchronized = True
+    try:
+        yield switched
+    finally:
+        for layer in switched:
+            layer.synchronized = False
+
+
 def _fused_call(layer: keras.layers.BatchNormalization, inputs, training=None, mask=None):
     """BatchNormalization.call through FusedBatchNormV3; Keras's own call where it cannot serve."""
     inputs = tf.convert_to_tensor(inputs)

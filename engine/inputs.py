@@ -41,6 +41,11 @@ class EpochInput:
         if self.steps_per_epoch < 1:
             raise ValueError(f"steps_per_epoch={self.steps_per_epoch} must be at least 1")
 
+    @property
+    def element_spec(self):
+        """The spec of one per-replica batch (builds the first epoch's pipeline, reads nothing)."""
+        return self.dataset_fn(tf.distribute.InputContext(), 0, 0).element_spec
+
     def distribute(self, strategy: tf.distribute.Strategy, epoch: int, start_step: int, coordinator=None):
         """Returns the distributed dataset of `epoch` from `start_step` on.
 
@@ -78,6 +83,11 @@ class DatasetInput:
                 kind = "infinite" if n == tf.data.INFINITE_CARDINALITY else "unknown or empty"
                 raise ValueError(f"the training dataset's length is {kind}; pass steps_per_epoch")
             object.__setattr__(self, "steps_per_epoch", n)
+
+    @property
+    def element_spec(self):
+        """The spec of one global batch."""
+        return self.dataset.element_spec
 
     def distribute(self, strategy: tf.distribute.Strategy, epoch: int, start_step: int, coordinator=None):
         del epoch  # The dataset's own shuffling, if any, decides each epoch's order.

@@ -35,7 +35,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from engine import batch_norm, distribution
+from engine import batch_norm, distribution, replica_state
 from engine.checkpoint import BestCheckpoint, Checkpointer, remove_scratch
 from engine.hooks import HOOK_EVENTS, HOOK_STATE_FILE
 from engine.inputs import DatasetInput, EpochInput
@@ -169,6 +169,10 @@ class Trainer:
         learning rate by `rollback_lr_factor`, go on) or "stop" (raise
         NonFiniteError).
       rollback_lr_factor: learning-rate factor applied at each rollback, in (0, 1].
+        It compounds: each rollback multiplies the scale the run had when it
+        diverged (not the restored checkpoint's), so the rate keeps falling.
+      max_rollbacks: rollbacks allowed over the run (counted across restores and
+        reruns); the next divergence raises NonFiniteError. None: no limit.
       best_metric: eval metric to keep the best checkpoint of, e.g.
         "eval_accuracy" or "eval_loss"; None keeps none.
       progress: show a tqdm progress bar per epoch (a summary line per epoch, and
@@ -192,6 +196,12 @@ class Trainer:
         computation). Keras 3 computes BatchNorm as separate ops; on this
         machine's CPU the kernel makes a ResNet-20 step 1.36x faster in float32
         (2x in bfloat16). The model's own `call` outside the Trainer is untouched.
+      sync_batch_norm: compute BatchNormalization's batch statistics over the
+        global batch (all replicas) instead of each replica's batch: Keras's
+        `synchronized=True`, set on every BatchNormalization layer of the model
+        while the steps are traced (such layers keep Keras's computation, not the
+        fused kernel). Either way the moving statistics are averaged over the
+        replicas after every step, so every replica holds the same copy.
       jit_compile: compile each replica's forward-backward pass (and the eval
         forward pass) with XLA. The update, the non-finite guard and the metrics
         stay outside it, so every strategy and optimizer works as without it.
@@ -227,7 +237,9 @@ class Trainer:
         accumulation_steps: int = 1,
         ema_decay: float | None = None,
         fused_batch_norm: bool = True,
+        sync_batch_norm: bool = False,
         jit_compile: bool = False,
+        max_rollbacks: int | None = 3,
     ):
         self.strategy = strategy or tf.distribute.get_strategy()
         replicas = self.strategy.num_replicas_in_sync
@@ -247,14 +259,11 @@ class Trainer:
             raise ValueError(f"ema_decay={ema_decay} must be in (0, 1)")
         if not 0 < rollback_lr_factor <= 1:
             raise ValueError(f"rollback_lr_factor={rollback_lr_factor} must be in (0, 1]")
+        if max_rollbacks is not None and max_rollbacks < 0:
+            raise ValueError(f"max_rollbacks={max_rollbacks} must be at least 0 (or None)")
         if isinstance(loss, keras.losses.Loss) and loss.reduction not in (None, "none"):
             raise ValueError(f"loss {loss.name} reduces with {loss.reduction!r}; build it with reduction=None "
                              "so the Trainer can average over the global batch")
-        for v in model.variables:
-            # A Keras 3 variable wraps the tf.Variable that tf.distribute placed.
-            if not self.strategy.extended.variable_created_in_scope(getattr(v, "value", v)):
-                raise ValueError(f"variable {v.path if hasattr(v, 'path') else v.name} of model {model.name} was "
-                                 "not created under strategy.scope(); build the model inside it")
         self.model = model
         self.optimizer = optimizer
         self.loss = loss
@@ -265,11 +274,13 @@ class Trainer:
         self.nonfinite_limit = nonfinite_limit
         self.nonfinite_action = nonfinite_action
         self.rollback_lr_factor = rollback_lr_factor
+        self.max_rollbacks = max_rollbacks
         self.progress = progress
         self.eval_loss = eval_loss or loss
         self.accumulation_steps = accumulation_steps
         self.ema_decay = ema_decay
         self.fused_batch_norm = fused_batch_norm
+        self.sync_batch_norm = sync_batch_norm
         self.jit_compile = jit_compile
         # The per-replica compute, XLA-compiled on request (nested in the loop's
         # tf.function: the iterator and the cross-replica update cannot be).
@@ -284,8 +295,6 @@ class Trainer:
         metrics = metrics or _default_metrics
         first_replica = tf.VariableAggregation.ONLY_FIRST_REPLICA
         with self.strategy.scope():
-            if not optimizer.built:
-                optimizer.build(model.trainable_variables)
             self.train_metrics = {"loss": keras.metrics.Mean(name="loss"), **metrics()}
             self.eval_metrics = {"loss": keras.metrics.Mean(name="loss"), **metrics()}
             # Run state saved with every checkpoint.
@@ -296,16 +305,12 @@ class Trainer:
                                                  aggregation=first_replica)
             self._lr_scale = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="lr_scale",
                                          aggregation=first_replica)
-            # Gradient accumulators: each replica sums its own micro-batch gradients.
-            self._accumulators = [
-                tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="grad_accumulator",
-                            synchronization=tf.VariableSynchronization.ON_READ,
-                            aggregation=tf.VariableAggregation.SUM)
-                for v in model.trainable_variables] if accumulation_steps > 1 else []
-            # Exponential moving average of the float weights (trainable and BatchNorm statistics).
-            self._ema_pairs = [(v, tf.Variable(tf.convert_to_tensor(v), trainable=False, name="ema",
-                                               aggregation=first_replica))
-                               for v in self._averaged_weights()] if ema_decay else []
+            self._rollbacks = tf.Variable(0, dtype=tf.int64, trainable=False, name="rollbacks",
+                                          aggregation=first_replica)
+        # Made with the model's variables (_create_model_state), which a subclassed
+        # model may not have yet: fit builds it from the first batch's spec.
+        self._accumulators: list[tf.Variable] = []
+        self._ema_pairs: list[tuple[keras.Variable, tf.Variable]] = []
         # Seconds the compiled loop waited for input since the last read; made
         # outside the strategy's scope (a plain host variable), not saved.
         self._input_wait = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="input_wait")
@@ -320,11 +325,8 @@ class Trainer:
         self._scratch = (os.path.join(model_dir, ".scratch", f"worker-{distribution.worker_index(self.strategy)}")
                          if model_dir and not self.is_chief else None)
         trackables = dict(model=model, optimizer=optimizer, step=self._step,
-                          nonfinite_steps=self._nonfinite_total, lr_scale=self._lr_scale)
-        if self._accumulators:
-            trackables["grad_accumulators"] = list(self._accumulators)
-        if self._ema_pairs:
-            trackables["ema"] = [shadow for _, shadow in self._ema_pairs]
+                          nonfinite_steps=self._nonfinite_total, lr_scale=self._lr_scale,
+                          rollbacks=self._rollbacks)
         self.checkpointer = (Checkpointer(model_dir, max_to_keep=keep_checkpoints, scratch_directory=self._scratch,
                                           **trackables) if model_dir else None)
         self.best = (BestCheckpoint(os.path.join(self._scratch or model_dir, "best"), best_metric, model=model)
@@ -345,19 +347,95 @@ class Trainer:
             # Concurrent workers can lose increments of the optimizer's iterations;
             # the schedule follows the Trainer's step counter instead.
             optimizer._learning_rate.step = self._step
+        if self.model_built:
+            self._create_model_state()
         # Compiled once; the loop count is a tensor argument, so no retracing.
         self._train_loop = tf.function(self._with_kernels(self._train_loop_fn))
         self._eval_loop = tf.function(self._with_kernels(self._eval_loop_fn if not self._coordinator
                                                          else self._inline_eval_fn))
 
+    @property
+    def model_built(self) -> bool:
+        """Whether the model's variables exist (a subclassed model gets them on its first call)."""
+        return bool(self.model.built and self.model.variables)
+
+    def _create_model_state(self) -> None:
+        """What needs the model's variables: the optimizer's slots, accumulators, moving averages.
+
+        Raises:
+          ValueError: if a model variable was not created under the strategy's scope.
+        """
+        model = self.model
+        for v in model.variables:
+            # A Keras 3 variable wraps the tf.Variable that tf.distribute placed.
+            if not self.strategy.extended.variable_created_in_scope(getattr(v, "value", v)):
+                raise ValueError(f"variable {v.path if hasattr(v, 'path') else v.name} of model {model.name} was "
+                                 "not created under strategy.scope(); build the model inside it")
+        first_replica = tf.VariableAggregation.ONLY_FIRST_REPLICA
+        with self.strategy.scope():
+            if not self.optimizer.built:
+                self.optimizer.build(model.trainable_variables)
+            # Gradient accumulators: each replica sums its own micro-batch gradients.
+            self._accumulators = [
+                tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="grad_accumulator",
+                            synchronization=tf.VariableSynchronization.ON_READ,
+                            aggregation=tf.VariableAggregation.SUM)
+                for v in model.trainable_variables] if self.accumulation_steps > 1 else []
+            # Exponential moving average of the float weights (trainable and BatchNorm statistics).
+            self._ema_pairs = [(v, tf.Variable(tf.convert_to_tensor(v), trainable=False, name="ema",
+                                               aggregation=first_replica))
+                               for v in self._averaged_weights()] if self.ema_decay else []
+        if self.checkpointer:
+            if self._accumulators:
+                self.checkpointer.checkpoint.grad_accumulators = list(self._accumulators)
+            if self._ema_pairs:
+                self.checkpointer.checkpoint.ema = [shadow for _, shadow in self._ema_pairs]
+
+    def build_model(self, element_spec) -> None:
+        """Creates the model's variables from a batch's spec, under the strategy's scope; no-op if built.
+
+        Called by `fit` before anything is restored or saved, so a subclassed
+        model that was never called trains as any other, and no checkpoint of an
+        empty model is written.
+
+        Args:
+          element_spec: the training dataset's element spec; its features
+            (see `Trainer.unpack`) are fed as zeros, one example, training=False.
+
+        Raises:
+          ValueError: naming the fix, if calling the model on such features fails.
+        """
+        if self.model_built:
+            return
+        features = element_spec[0] if isinstance(element_spec, tuple) else element_spec
+        zeros = tf.nest.map_structure(
+            lambda spec: tf.zeros([1 if d is None else d for d in spec.shape],
+                                  spec.dtype), features)
+        try:
+            with self.strategy.scope():
+                self.model(zeros, training=False)
+        except Exception as e:  # Anything the model's own code raises: say what to do instead.
+            raise ValueError(f"model {self.model.name} has no variables yet and calling it on the first batch's "
+                             f"features ({features}) failed ({type(e).__name__}: {e}); build it under "
+                             "strategy.scope() before creating the Trainer") from e
+        if not self.model_built:
+            raise ValueError(f"model {self.model.name} still has no variables after a call on the first batch's "
+                             "features; build it under strategy.scope() before creating the Trainer")
+        self._create_model_state()
+
     def _with_kernels(self, fn: Callable) -> Callable:
-        """`fn`, tracing with the model's BatchNorm layers on the fused kernel (if enabled)."""
-        if not self.fused_batch_norm:
+        """`fn`, tracing with the model's BatchNorm layers synchronized or fused, as configured."""
+        if not self.fused_batch_norm and not self.sync_batch_norm:
             return fn
 
         @functools.wraps(fn)
         def traced(*args, **kwargs):
-            with batch_norm.fused(self.model):
+            # Synchronized layers are not eligible for the fused kernel: set them first.
+            with contextlib.ExitStack() as stack:
+                if self.sync_batch_norm:
+                    stack.enter_context(batch_norm.synchronized(self.model))
+                if self.fused_batch_norm:
+                    stack.enter_context(batch_norm.fused(self.model))
                 return fn(*args, **kwargs)
         return traced
 
@@ -470,6 +548,9 @@ class Trainer:
         self._nonfinite_streak.assign(0)
         for acc in self._accumulators:
             acc.assign(tf.zeros_like(acc))
+
+    def _update_ema(self) -> None:
+        """Cross-replica context, after an applied update: shadow = decay * shadow + (1 - decay) * weight."""
         decay = self.ema_decay
         for weight, shadow in self._ema_pairs:
             shadow.assign(decay * shadow + (1.0 - decay) * tf.cast(tf.convert_to_tensor(weight), shadow.dtype))
@@ -527,8 +608,21 @@ class Trainer:
                     batch = next(iterator)
                 with tf.control_dependencies(tf.nest.flatten(self._local_tensors(batch))):
                     self._input_wait.assign_add(tf.timestamp() - start)
-            self.strategy.run(self.train_step, args=(batch,))
+            updates = tf.identity(tf.convert_to_tensor(self.optimizer.iterations))
+            self.strategy.run(self._replica_train_step, args=(batch,))
             self._step.assign_add(1)
+            if self._ema_pairs:
+                # After the replicas' state was averaged, so the shadows follow the mean;
+                # only when the step applied an update (not a skipped or accumulating one).
+                tf.cond(self.optimizer.iterations > updates, self._update_ema, lambda: None)
+
+    def _replica_train_step(self, batch) -> None:
+        """One replica's step: `train_step`, then the state its layers updated, made finite and equal."""
+        state = replica_state.updated_state(self.model)
+        before = [tf.identity(tf.convert_to_tensor(v)) for v in state]
+        self.train_step(batch)
+        replica_state.keep_finite(state, before)
+        replica_state.average(replica_state.local_state(self.model, self.strategy))
 
     def _local_tensors(self, batch):
         """The tensors of a (distributed) batch, for control dependencies."""
@@ -572,6 +666,9 @@ class Trainer:
         Raises:
           ValueError: if the checkpoint does not fit the model (see Checkpointer).
         """
+        if not self.model_built:
+            raise ValueError(f"model {self.model.name} has no variables to restore yet; call fit (which builds it "
+                             "from the first batch) or build it under strategy.scope() first")
         if self.checkpointer and not self._restored:
             self.restored_from = self.checkpointer.restore_latest()
             self._last_saved_step = self.global_step if self.restored_from else None
@@ -654,6 +751,7 @@ class Trainer:
             raise ValueError(f"epochs={epochs} must be positive (or give train_steps)")
         num_epochs = math.ceil(total / steps_per_epoch)
 
+        self.build_model(train_input.element_spec)  # Before anything is restored or saved.
         self.restore()
         step = self.global_step
         say = EpochProgress.write if self.is_chief else (lambda line: None)
@@ -695,6 +793,7 @@ class Trainer:
                             n = min(n, self.checkpoint_every_steps - step % self.checkpoint_every_steps)
                         n = min([n] + [p - step for p in cut_points if p > step])
                         t0 = time.perf_counter()
+                        skipped_before = self.nonfinite_steps
                         self._run_loop(iterator, n)
                         logs = {name: float(m.result()) for name, m in self.train_metrics.items()}
                         dt = time.perf_counter() - t0  # Reading the metrics waited for the loop.
@@ -711,27 +810,41 @@ class Trainer:
                             # Share of the loop's time spent waiting for input.
                             logs["input_wait_percent"] = 100.0 * wait / dt
                         epoch_wait, epoch_time = epoch_wait + wait, epoch_time + dt
-                        self._write_summaries("train", logs, step)
+                        if self.nonfinite_steps - skipped_before < done:
+                            # A loop of skipped steps only has nothing to plot: a diverged run
+                            # would write a summary per skipped loop.
+                            self._write_summaries("train", logs, step)
                         bar.update(done, logs)
                         if self._stop.signal_name or done < n:
                             self.stopped_by = self._stop.signal_name or "signal"
                             break
                         if self.nonfinite_limit and int(self._nonfinite_streak.numpy()) >= self.nonfinite_limit:
-                            step, rolled_back = self._handle_nonfinite(step), True
+                            streak = int(self._nonfinite_streak.numpy())
+                            step, rolled_back = self._handle_nonfinite(
+                                step, f"{streak} non-finite steps in a row up to step {step}"), True
                             break
                         self._call_hooks("loop_end", dict(logs, step=step))
                         if self._agree(self._stop_reason is not None):
                             self.stopped_by = self._stop_reason or "another worker's hook"
                             break
                         if self.checkpoint_every_steps and step % self.checkpoint_every_steps == 0:
-                            self._save(step)
+                            if not self._state_finite():
+                                step, rolled_back = self._handle_nonfinite(step, self._nonfinite_state(step)), True
+                                break
+                            if not self._in_streak():
+                                self._save(step)
                         if preemption:  # All workers call it at the same steps, as it requires.
                             preemption.save_checkpoint_if_preempted()
                 finally:
                     bar.close()
+                if not rolled_back and not self._state_finite():
+                    step, rolled_back = self._handle_nonfinite(step, self._nonfinite_state(step)), True
                 if rolled_back:
                     continue
-                path = self._save(step)
+                # Weights in a non-finite streak are finite, but the last steps diverged from
+                # them: they would make a poor rollback target. Signals save anyway.
+                path = self._save(step) if self.stopped_by or not self._in_streak() else \
+                    (self.checkpointer.latest if self.checkpointer else None)
                 if self.stopped_by:
                     cause = f"{self.stopped_by} received" if self.stopped_by.startswith("SIG") or \
                         self.stopped_by == "signal" else self.stopped_by
@@ -895,30 +1008,91 @@ class Trainer:
             self._coordinator.schedule(self._train_loop, args=(iterator, one))
         self._coordinator.join()
 
-    def _handle_nonfinite(self, step: int) -> int:
-        """After `nonfinite_limit` skips in a row: stop, or roll back and lower the LR."""
-        streak, total = int(self._nonfinite_streak.numpy()), self.nonfinite_steps
-        where = f"{streak} non-finite steps in a row up to step {step}"
-        if self.nonfinite_action == "stop":
-            raise NonFiniteError(f"{where}; stopping as asked (last checkpoint: "
-                                 f"{self.checkpointer.latest if self.checkpointer else 'none'})")
-        if not self.checkpointer or not self.checkpointer.latest:
-            raise NonFiniteError(f"{where}, and no checkpoint to roll back to (set model_dir)")
+    def _handle_nonfinite(self, step: int, where: str) -> int:
+        """After a divergence (`where` says what and at which step): stop, or roll back and lower the LR.
+
+        A rollback restores the newest checkpoint (every checkpoint is finite:
+        `_save` refuses others) and sets the learning-rate scale to the one the
+        run had when it diverged times `rollback_lr_factor`, so the factor
+        compounds across rollbacks instead of restarting from the checkpoint's
+        scale. The rollback count is kept the same way and saved with later
+        checkpoints.
+
+        Returns:
+          The step the run goes on from.
+
+        Raises:
+          NonFiniteError: with nonfinite_action="stop", without a checkpoint to
+            go back to, or after `max_rollbacks` rollbacks.
+        """
+        latest = self.checkpointer.latest if self.checkpointer else None
+        if self.nonfinite_action == "stop" or self.nonfinite_limit is None:
+            raise NonFiniteError(f"training diverged: {where}; stopped (last checkpoint: {latest or 'none'})")
+        if not latest:
+            raise NonFiniteError(f"training diverged: {where}, and there is no checkpoint to roll back to "
+                                 "(give a model_dir)")
+        done = int(self._rollbacks.numpy())
+        if self.max_rollbacks is not None and done >= self.max_rollbacks:
+            raise NonFiniteError(
+                f"training diverged: {where}, after {done} rollback(s) that each lowered the learning rate "
+                f"(now {self.learning_rate:.4g}, {self.learning_rate_scale:g} x the schedule); the newest "
+                f"checkpoint, {latest}, is finite. Try a lower learning rate, gradient clipping or a warm-up")
+        scale, rate, total = self.learning_rate_scale, self.learning_rate, self.nonfinite_steps
         path = self.checkpointer.restore_latest()
+        if not self._state_finite():  # Written before checkpoints were checked.
+            raise NonFiniteError(f"training diverged: {where}, and checkpoint {path} holds NaN/Inf values; "
+                                 "remove it to roll back further")
+        self._lr_scale.assign(scale)
+        if not isinstance(self.optimizer._learning_rate, ScaledSchedule):
+            self.optimizer.learning_rate = rate  # The checkpoint restored its own rate.
         self.scale_learning_rate(self.rollback_lr_factor)
+        self._rollbacks.assign(done + 1)
         self._nonfinite_total.assign(total)  # The count covers the whole run, rollbacks included.
         self._nonfinite_streak.assign(0)
         self._last_saved_step = self.global_step
         if self.is_chief:
-            EpochProgress.write(f"{where}: rolled back to {path} (step {self.global_step}), "
+            limit = f" of {self.max_rollbacks}" if self.max_rollbacks is not None else ""
+            EpochProgress.write(f"{where}: rollback {done + 1}{limit} to {path} (step {self.global_step}), "
                                 f"learning rate now {self.learning_rate:.4g}")
         return self.global_step
+
+    def _in_streak(self) -> bool:
+        """Whether the latest steps were skipped as non-finite (the guard is on)."""
+        return self.nonfinite_limit is not None and int(self._nonfinite_streak.numpy()) > 0
+
+    def _checkpointed_floats(self) -> list[tf.Variable]:
+        """The float variables a checkpoint holds: model, optimizer, moving averages, accumulators."""
+        found, seen = [], set()
+        for v in [*self.model.variables, *self.optimizer.variables, *(s for _, s in self._ema_pairs),
+                  *self._accumulators]:
+            v = v.value if isinstance(v, keras.Variable) else v  # The tf.Variable inside a Keras variable.
+            if id(v) not in seen and v.dtype.is_floating:
+                seen.add(id(v))
+                found.append(v)
+        return found
+
+    def _state_finite(self) -> bool:
+        """Whether every float variable that a checkpoint would hold is finite (one compiled pass)."""
+        variables = self._checkpointed_floats()
+        if not variables:
+            return True
+        if not hasattr(self, "_all_finite"):
+            self._all_finite = tf.function(
+                lambda vs: tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in vs])))
+        return bool(self._all_finite(variables))
+
+    def _nonfinite_state(self, step: int) -> str:
+        """Says which variables are NaN/Inf at `step` (the first three)."""
+        bad = [v.name for v in self._checkpointed_floats() if not np.all(np.isfinite(np.asarray(v.numpy())))]
+        return f"NaN/Inf in {len(bad)} variable(s) ({', '.join(bad[:3])}) at step {step}"
 
     def _evaluate_and_log(self, eval_data, step: int) -> dict[str, float]:
         results = self.evaluate(eval_data)
         self._write_summaries("eval", results, step)
         with self.ema_weights():  # The best checkpoint holds the weights that were evaluated.
-            improved = self.best and self.best.update(step, {f"eval_{k}": v for k, v in results.items()})
+            # Weights with NaN/Inf are never kept, whatever their metric says.
+            improved = self.best and not self._in_streak() and self._state_finite() and \
+                self.best.update(step, {f"eval_{k}": v for k, v in results.items()})
         if improved:
             if self.is_chief:
                 EpochProgress.write(f"new best {self.best.metric}={format_value(self.best.info['value'])} "
@@ -928,10 +1102,17 @@ class Trainer:
         return results
 
     def _save(self, step: int) -> str | None:
-        """Checkpoints at `step` unless that step is saved already; returns the path."""
+        """Checkpoints at `step` unless that step is saved already; returns the path.
+
+        Raises:
+          NonFiniteError: if a variable to save is NaN/Inf; nothing is written.
+        """
         if not self.checkpointer:
             return None
         if step != self._last_saved_step:
+            if not self._state_finite():
+                raise NonFiniteError(f"checkpoint not written: {self._nonfinite_state(step)}; the newest finite "
+                                     f"checkpoint is {self.checkpointer.latest or 'none'}")
             self.checkpointer.save(step)
             self._last_saved_step = step
             self._save_hook_state(step)
@@ -948,9 +1129,14 @@ class Trainer:
 
         Returns:
           The prefix under model_dir, or None without a model_dir.
+
+        Raises:
+          NonFiniteError: if a weight is NaN/Inf; nothing is written.
         """
         if not self.model_dir:
             return None
+        if not self._state_finite():
+            raise NonFiniteError(f"weights {name} not written: {self._nonfinite_state(self.global_step)}")
         weights = tf.train.Checkpoint(model=self.model)
         if self._scratch:
             weights.write(os.path.join(self._scratch, name))

@@ -63,6 +63,7 @@ class TrainConfig:
     nonfinite_limit: int = 10
     nonfinite_action: str = "rollback"
     rollback_lr_factor: float = 0.5
+    max_rollbacks: int = 3
     best_metric: str = "eval_accuracy"
     progress: bool = True
     train_data: str | None = None
@@ -81,6 +82,7 @@ class TrainConfig:
     ema_decay: float = 0.0
     label_smoothing: float = 0.0
     fused_batch_norm: bool = True
+    sync_batch_norm: bool = False
     jit_compile: bool = False
     lr_schedule: str = "piecewise"
     warmup_epochs: float = 0.0
@@ -145,6 +147,8 @@ class TrainConfig:
             raise ValueError(f"--nonfinite_limit={self.nonfinite_limit} must be 0 (off) or positive")
         if self.nonfinite_action not in ("rollback", "stop"):
             raise ValueError(f"--nonfinite_action={self.nonfinite_action!r} must be rollback or stop")
+        if self.max_rollbacks < -1:
+            raise ValueError(f"--max_rollbacks={self.max_rollbacks} must be -1 (no limit) or at least 0")
         if not 0 < self.rollback_lr_factor <= 1:
             raise ValueError(f"--rollback_lr_factor={self.rollback_lr_factor:g} must be in (0, 1]")
         if self.best_metric and self.best_metric not in ("eval_loss", "eval_accuracy"):

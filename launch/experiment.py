@@ -156,7 +156,7 @@ def _load_data(config: TrainConfig, global_batch: int, progress: bool) -> tuple[
                          augment_names=config.augment, image_size=config.image_size or None, cache=config.cache,
                          normalize=config.normalize, skip_bad=config.skip_bad_examples, progress=progress)
         return p, f"{config.train_data} (cache {config.cache})"
-    data = cifar10.load(config.data_dir)
+    data = cifar10.load(config.data_dir, skip_bad=config.skip_bad_examples, progress=progress)
     recipe, per_image = augment.parse_recipe(config.augment)
     if per_image:
         raise ValueError("--augment=imagenet needs --train_data (image files); CIFAR-10 from --data_dir is 32x32")
@@ -168,7 +168,7 @@ def _load_data(config: TrainConfig, global_batch: int, progress: bool) -> tuple[
     pipelines = images.ImagePipelines(
         train_fn=train_fn, steps_per_epoch=steps, eval_data=eval_data, image_shape=data.train.images.shape[1:],
         normalize=spec, class_names=cifar10.CLASS_NAMES, num_train=len(data.train.labels),
-        num_eval=len(data.test.labels), skipped=[])
+        num_eval=len(data.test.labels), skipped=list(data.skipped))
     return pipelines, data.source
 
 
@@ -198,7 +198,8 @@ def _trainer(config: TrainConfig, model, optimizer, strategy, global_batch: int,
         nonfinite_action=config.nonfinite_action, rollback_lr_factor=config.rollback_lr_factor,
         best_metric=config.best_metric or None, progress=config.progress, hooks=hooks,
         accumulation_steps=config.accumulation_steps, ema_decay=config.ema_decay or None,
-        fused_batch_norm=config.fused_batch_norm, jit_compile=config.jit_compile)
+        fused_batch_norm=config.fused_batch_norm, sync_batch_norm=config.sync_batch_norm,
+        jit_compile=config.jit_compile, max_rollbacks=None if config.max_rollbacks < 0 else config.max_rollbacks)
 
 
 def _build_model(config: TrainConfig, image_shape, num_classes: int,
@@ -282,12 +283,14 @@ def load_trained(model_dir: str, checkpoint: str = "latest") -> tuple[keras.Mode
         path = checkpoint
     if not path or not tf.io.gfile.exists(path + ".index"):
         raise ValueError(f"no checkpoint {checkpoint!r} in {model_dir}")
-    tf.train.Checkpoint(model=model).restore(path).expect_partial().assert_existing_objects_matched()
+    # read(), not restore(): the best checkpoint is written by Checkpoint.write, without
+    # the save_counter that restore() would create and then find unmatched.
+    tf.train.Checkpoint(model=model).read(path).expect_partial().assert_existing_objects_matched()
     if any(name.startswith("ema/") for name, _ in tf.train.list_variables(path)):
         # Trained with --ema_decay: serve the moving averages, as evaluation did.
         weights = [v for v in model.weights if tf.as_dtype(v.dtype).is_floating]
         shadows = [tf.Variable(tf.zeros(v.shape, v.dtype)) for v in weights]
-        tf.train.Checkpoint(ema=shadows).restore(path).expect_partial().assert_existing_objects_matched()
+        tf.train.Checkpoint(ema=shadows).read(path).expect_partial().assert_existing_objects_matched()
         for v, shadow in zip(weights, shadows):
             v.assign(shadow)
     return model, info, path

@@ -65,7 +65,10 @@ def define_train_flags() -> None:
                          "row, apply --nonfinite_action. 0 turns the guard off.")
     flags.DEFINE_enum("nonfinite_action", "rollback", ["rollback", "stop"], "rollback: restore the newest "
                       "checkpoint and multiply the learning rate by --rollback_lr_factor; stop: exit with an error.")
-    flags.DEFINE_float("rollback_lr_factor", 0.5, "Learning-rate factor applied at each rollback.")
+    flags.DEFINE_float("rollback_lr_factor", 0.5, "Learning-rate factor applied at each rollback; it compounds "
+                       "(the second rollback trains at factor^2 of the schedule).")
+    flags.DEFINE_integer("max_rollbacks", 3, "Rollbacks allowed over the run; at the next divergence the run stops "
+                         "with exit status 1. -1: no limit.")
     flags.DEFINE_string("best_metric", "eval_accuracy", "Keep the checkpoint with the best value of this eval "
                         "metric in <model_dir>/best (empty: keep none).")
     flags.DEFINE_bool("progress", True, "Show a progress bar per epoch.")
@@ -100,6 +103,8 @@ def define_train_flags() -> None:
     flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the training loss.")
     flags.DEFINE_bool("jit_compile", False, "Compile each replica's forward-backward pass with XLA (slower on "
                       "this CPU; try it on GPUs).")
+    flags.DEFINE_bool("sync_batch_norm", False, "BatchNormalization statistics over the global batch (all "
+                      "replicas), Keras's synchronized=True; such layers do not use the fused kernel.")
     flags.DEFINE_bool("fused_batch_norm", True, "Run BatchNormalization layers on TensorFlow's fused kernel in the "
                       "compiled steps (same results; 1.36x faster ResNet-20 steps here); --nofused_batch_norm "
                       "keeps Keras's computation.")

@@ -58,6 +58,7 @@ def config_from_flags() -> TrainConfig:
         momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay, seed=FLAGS.seed,
         deterministic=FLAGS.deterministic, nonfinite_limit=FLAGS.nonfinite_limit,
         nonfinite_action=FLAGS.nonfinite_action, rollback_lr_factor=FLAGS.rollback_lr_factor,
+        max_rollbacks=FLAGS.max_rollbacks, sync_batch_norm=FLAGS.sync_batch_norm,
         best_metric=FLAGS.best_metric, progress=FLAGS.progress,
         train_data=FLAGS.train_data, eval_data=FLAGS.eval_data, augment=FLAGS.augment,
         image_size=tuple(int(v) for v in parse_floats("image_size", FLAGS.image_size)), cache=FLAGS.cache,
@@ -91,8 +92,14 @@ def main(argv: list[str]) -> None:
         sys.exit(f"launch.train: error: {e}")
     import tensorflow as tf
 
+    from engine.trainer import NonFiniteError
+
     try:
         run.train()  # On SIGTERM/SIGINT it checkpoints and returns: exit status 0.
+    except NonFiniteError as e:
+        # Divergence that rollbacks could not cure: one line, the checkpoints left finite.
+        sys.exit(f"launch.train: error: {e}; see --learning_rate, --clip_norm, --warmup_epochs, "
+                 "--max_rollbacks")
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
             tf.errors.InternalError) as e:
         if not run.trainer._multi_worker:
