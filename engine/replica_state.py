@@ -116,7 +116,12 @@ def average(variables: list[keras.Variable]) -> None:
     if not variables:
         return
     ctx = tf.distribute.get_replica_context()
-    values = [tf.convert_to_tensor(v) for v in variables]
+    values = []
+    for v in variables:
+        # Placed on the replica's device: with merge_call (MultiWorkerMirroredStrategy on
+        # CPUs), the all-reduce sends each value back to the device it names.
+        with tf.device(_tf_variable(v).device):
+            values.append(tf.identity(tf.convert_to_tensor(v)))
     means = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, values)
     for v, mean in zip(variables, means):
         v.assign(mean)

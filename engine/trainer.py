@@ -24,6 +24,7 @@ import json
 import math
 import os
 import queue
+import re
 import sys
 import threading
 import time
@@ -415,8 +416,9 @@ class Trainer:
             with self.strategy.scope():
                 self.model(zeros, training=False)
         except Exception as e:  # Anything the model's own code raises: say what to do instead.
+            detail = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())[:300]  # Keras's text, one line
             raise ValueError(f"model {self.model.name} has no variables yet and calling it on the first batch's "
-                             f"features ({features}) failed ({type(e).__name__}: {e}); build it under "
+                             f"features ({features}) failed ({type(e).__name__}: {detail}); build it under "
                              "strategy.scope() before creating the Trainer") from e
         if not self.model_built:
             raise ValueError(f"model {self.model.name} still has no variables after a call on the first batch's "

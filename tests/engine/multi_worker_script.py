@@ -4,6 +4,10 @@ Trains the small CNN of test_trainer.py for 7 steps, one `fit` call per step, on
 one replica (no TF_CONFIG) or as one worker of multi_worker_mirrored training
 (TF_CONFIG set), then evaluates on 83 examples; the chief writes what it saw.
 Usage: python -m tests.engine.multi_worker_script OUT.npz
+With a model_dir (python -m tests.engine.multi_worker_script OUT MODEL_DIR), it trains
+test_replica_state's BatchNorm model instead and writes OUT.<worker>.npz: each
+worker's non-trainable state and, from the chief, the evaluation in process and of
+the restored checkpoint.
 """
 
 import os
@@ -38,5 +42,28 @@ def main(out: str) -> None:
                  **{f"w{i}": w.numpy() for i, w in enumerate(trainer.model.weights)})
 
 
+def main_batch_norm(out: str, model_dir: str) -> None:
+    """Trains test_replica_state's BatchNorm model; saves each worker's state and both evaluations."""
+    cluster = distribution.cluster_from_env_or_flags()
+    strategy = distribution.create_strategy("multi_worker_mirrored" if cluster else "default", cluster,
+                                            collective_timeout_s=120)
+    from tests.engine.test_replica_state import _dataset, _trainer  # noqa: F401  (after the strategy)
+
+    trainer = _trainer(strategy, model_dir=model_dir)
+    trainer.fit(_dataset(), epochs=2)
+    in_process = trainer.evaluate(_dataset())
+    state = {f"s{i}": v.numpy() for i, v in enumerate(trainer.model.non_trainable_variables)}
+    worker = distribution.worker_index(strategy)
+    results = dict(eval_loss=in_process["loss"], **state)
+    if distribution.is_chief(strategy):
+        restored = _trainer(tf.distribute.OneDeviceStrategy("/cpu:0"), model_dir=model_dir)
+        results["checkpoint"] = restored.restore()
+        results["restored_eval_loss"] = restored.evaluate(_dataset())["loss"]
+    np.savez(f"{out}.{worker}.npz", **results)
+
+
 if __name__ == "__main__":
-    main(sys.argv[1])
+    if len(sys.argv) > 2:
+        main_batch_norm(sys.argv[1], sys.argv[2])
+    else:
+        main(sys.argv[1])

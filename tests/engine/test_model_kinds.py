@@ -1,5 +1,7 @@
 """Any Keras model trains under two replicas: Sequential, functional, subclassed; label kinds; export."""
 
+import shutil
+
 import keras
 import numpy as np
 import pytest
@@ -109,3 +111,46 @@ def test_exported_model_predicts_what_the_trainer_evaluates(tmp_path):
     assert accuracy == pytest.approx(evaluation["accuracy"])
     assert [n.decode() for n in out["class_names"].numpy()] == [["dark", "bright"][c] for c in out["classes"]]
     assert (tmp_path / "export" / "assets.extra" / "class_names.txt").read_text() == "dark\nbright\n"
+
+
+@pytest.mark.parametrize("replicas", [1, 2], ids=["1-replica", "2-replicas"])
+def test_subclassed_model_never_called_is_built_from_the_first_batch_and_resumes(replicas, two_replicas, tmp_path):
+    strategy = two_replicas if replicas == 2 else tf.distribute.get_strategy()
+    x, y = _data("sparse")
+    ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(GB, drop_remainder=True)
+
+    def trainer():
+        with strategy.scope():
+            keras.utils.set_random_seed(1)
+            model = Subclassed(CLASSES)  # no variables yet
+            optimizer = keras.optimizers.SGD(0.5, momentum=0.9)
+        return Trainer(model=model, optimizer=optimizer, strategy=strategy, global_batch_size=GB, progress=False,
+                       loss=LOSSES["sparse"][1](), model_dir=str(tmp_path), ema_decay=0.9)
+
+    first = trainer()
+    assert not first.model_built
+    first.fit(ds, epochs=2)
+    names = [name for name, _ in tf.train.list_variables(str(tmp_path / "ckpt-0"))]
+    assert any(n.startswith("model/dense/") for n in names)  # ckpt-0 holds the model, not an empty one
+    assert any(n.startswith("ema/") for n in names) and any("optimizer/_variables" in n for n in names)
+    second = trainer()
+    second.fit(ds, epochs=3)
+    assert second.restored_from.endswith("ckpt-8") and second.global_step == 12
+    shutil.rmtree(tmp_path)  # The same run again without stopping, for comparison.
+    third = trainer()
+    third.fit(ds, epochs=3)
+    for a, b in zip(second.model.get_weights(), third.model.get_weights()):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_model_that_cannot_be_built_from_the_batch_stops_before_writing_anything(tmp_path):
+    class Picky(keras.Model):
+        def call(self, x):
+            raise TypeError("this model wants a dict")
+
+    trainer = Trainer(model=Picky(), optimizer=keras.optimizers.SGD(0.1), global_batch_size=GB, progress=False,
+                      loss=LOSSES["sparse"][1](), model_dir=str(tmp_path / "run"))
+    x, y = _data("sparse")
+    with pytest.raises(ValueError, match=r"no variables yet .* build it under strategy.scope\(\)"):
+        trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(GB), epochs=1)
+    assert not (tmp_path / "run").exists()

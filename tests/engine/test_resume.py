@@ -1,5 +1,8 @@
 """Exact resume and the non-finite guard, in process on small data."""
 
+import glob
+import os
+
 import keras
 import numpy as np
 import pytest
@@ -105,3 +108,66 @@ def test_nonfinite_stop_action_raises(tmp_path):
                          steps_per_loop=1)
     with pytest.raises(NonFiniteError, match="2 non-finite steps in a row up to step 3"):
         trainer.fit(_ids_input(), train_steps=10)
+
+
+def _checkpoint_prefixes(folder):
+    return sorted(p[: -len(".index")] for p in glob.glob(os.path.join(folder, "**", "*.index"), recursive=True))
+
+
+def _assert_every_checkpoint_finite(folder):
+    """Reads every float tensor of every checkpoint under `folder` (periodic, best, early stopping)."""
+    prefixes = _checkpoint_prefixes(folder)
+    for prefix in prefixes:
+        reader = tf.train.load_checkpoint(prefix)
+        for name, dtype in reader.get_variable_to_dtype_map().items():
+            if dtype.is_floating:
+                assert np.all(np.isfinite(reader.get_tensor(name))), f"{prefix}: {name}"
+    return prefixes
+
+
+def _scalar_steps(folder, tag):
+    steps = []
+    for path in glob.glob(os.path.join(folder, "events.*")):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            steps += [event.step for value in event.summary.value if value.tag == tag]
+    return steps
+
+
+@pytest.mark.parametrize("scheduled", [False, True], ids=["constant-rate", "schedule"])
+def test_rollbacks_compound_the_factor_and_stop_after_max_rollbacks(tmp_path, scheduled):
+    lr = piecewise_constant_by_epoch(0.05, [100], [0.1], steps_per_epoch=6) if scheduled else 0.05
+    # Every step from the third on is non-finite, whatever the learning rate: rollbacks cannot cure it.
+    trainer = _recording(model_dir=str(tmp_path), nan_calls=range(2, 1000), nonfinite_limit=2, learning_rate=lr,
+                         checkpoint_every_steps=2, steps_per_loop=1, rollback_lr_factor=0.5, max_rollbacks=3)
+    with pytest.raises(NonFiniteError, match=r"after 3 rollback\(s\).*ckpt-2, is finite"):
+        trainer.fit(_ids_input(), train_steps=600)
+    # Each rollback halved the rate it found, not the checkpoint's: 0.5^3.
+    assert trainer.learning_rate_scale == pytest.approx(0.125)
+    assert trainer.learning_rate == pytest.approx(0.05 * 0.125)
+    assert int(trainer.calls.numpy()) == 2 + 4 * 2  # two good steps, then four attempts of two bad ones
+    prefixes = _assert_every_checkpoint_finite(str(tmp_path))
+    assert [os.path.basename(p) for p in prefixes] == ["ckpt-0", "ckpt-2"]  # none written mid-divergence
+    # Loops whose steps were all skipped write no summaries: only the two good steps' loops did.
+    assert sorted(_scalar_steps(str(tmp_path / "train"), "loss")) == [1, 2]
+
+
+def test_rollback_count_survives_a_rerun(tmp_path):
+    trainer = _recording(model_dir=str(tmp_path), nan_calls=(4, 5), nonfinite_limit=2, checkpoint_every_steps=2,
+                         steps_per_loop=1, max_rollbacks=1)
+    trainer.fit(_ids_input(), train_steps=10)  # one rollback, from step 6 to ckpt-4, then fine
+    assert trainer.global_step == 10 and trainer.learning_rate == pytest.approx(0.025)
+    again = _recording(model_dir=str(tmp_path), nan_calls=range(0, 1000), nonfinite_limit=2, steps_per_loop=1,
+                       max_rollbacks=1)
+    with pytest.raises(NonFiniteError, match=r"after 1 rollback\(s\)"):  # the saved count: no rollback left
+        again.fit(_ids_input(), train_steps=20)
+
+
+def test_weights_that_become_nonfinite_are_never_checkpointed(tmp_path):
+    # Guard off: a huge rate makes the weights overflow, and nothing stops the update.
+    trainer = _recording(model_dir=str(tmp_path), nonfinite_limit=None, learning_rate=1e30,
+                         checkpoint_every_steps=1, steps_per_loop=1, best_metric="eval_accuracy")
+    images, labels = _data()
+    with pytest.raises(NonFiniteError, match=r"NaN/Inf in \d+ variable"):
+        trainer.fit(_ids_input(), in_memory.eval_dataset(images, labels % 3, global_batch_size=GB), epochs=3)
+    assert not all(np.isfinite(w.numpy()).all() for w in trainer.model.weights)  # it did diverge
+    assert _assert_every_checkpoint_finite(str(tmp_path))  # and what it saved before is finite
