@@ -2,6 +2,7 @@
 
 import os
 import pickle
+import re
 import tarfile
 
 import numpy as np
@@ -130,8 +131,10 @@ def test_undecodable_image_is_named(tmp_path, arrays):
     _write_pngs(str(tmp_path), "test", test)
     victim = sorted((tmp_path / "test").rglob("*.png"))[2]
     victim.write_bytes(b"not an image")
-    with pytest.raises(ValueError, match=rf"image {victim} could not be decoded"):
+    with pytest.raises(ValueError, match=rf"{re.escape(str(victim))}: not a decodable JPEG/PNG image"):
         cifar10.load(str(tmp_path))
+    data = cifar10.load(str(tmp_path), skip_bad=True)  # --skip_bad_examples: left out and listed
+    assert len(data.test.labels) == len(test.labels) - 1 and len(data.skipped) == 1 and str(victim) in data.skipped[0]
 
 
 def test_empty_class_folder_is_named(tmp_path, arrays):
