@@ -5,7 +5,7 @@ Loop shape, in the spirit of TF Model Garden's Orbit:
     metrics, write summaries, advance the progress bar, checkpoint;
   * graph, per loop: up to `steps_per_loop` steps, the count passed as a tensor so
     that changing it never retraces; each step is `strategy.run(train_step, ...)`.
-A new task subclasses Trainer and overrides `train_step` / `eval_step` (or only
+A new task subclasses Trainer and overrides `train_step` / `test_step` (or only
 `compute_loss`); the loop, the distribution and the checkpoints stay as they are.
 
 Steps and data position: `step` counts the global batches consumed. It is saved in
@@ -51,8 +51,19 @@ NONFINITE_ACTIONS = ("rollback", "stop")
 MetricsFactory = Callable[[], Mapping[str, keras.metrics.Metric]]
 
 
-def _default_metrics() -> dict[str, keras.metrics.Metric]:
+def sparse_accuracy() -> dict[str, keras.metrics.Metric]:
+    """The classification metrics factory: {"accuracy": SparseCategoricalAccuracy}."""
     return {"accuracy": keras.metrics.SparseCategoricalAccuracy(name="accuracy")}
+
+
+def _masked_weight(sample_weight, finite: tf.Tensor, y_pred) -> tf.Tensor:
+    """Metric weights [batch]: the sample weights (or ones), zero when the step was not finite."""
+    batch = tf.shape(tf.nest.flatten(y_pred)[0])[:1]
+    weight = tf.cast(finite, tf.float32) * tf.ones(batch, tf.float32)
+    if sample_weight is None:
+        return weight
+    sample_weight = tf.cast(sample_weight, tf.float32)
+    return sample_weight * tf.reshape(weight, [-1] + [1] * (sample_weight.shape.rank - 1))
 
 
 def _op_determinism() -> bool:
@@ -134,6 +145,24 @@ class NonFiniteError(RuntimeError):
 class Trainer:
     """Trains, evaluates and checkpoints a Keras model with a custom distributed loop.
 
+    The subclassing contract, the shape Keras's trainer has (all per replica, in
+    the compiled step; override what a task changes, keep the rest):
+
+        unpack(data) -> (x, y, sample_weight)        x | (x,) | (x, y) | (x, y, w)
+        compute_loss(x, y, y_pred, sample_weight)    per-example losses [batch, ...]
+        train_step(data) / test_step(data)           one replica's batch
+        update_metrics(x, y, y_pred, sample_weight)  the task's metrics
+        apply_gradients(gradients, variables, optimizer=None)
+            the public update: accumulation, the non-finite guard, loss-scale
+            unscaling; the weights' moving average follows every applied update
+        checkpoint_items() -> {name: trackable}      extra state to checkpoint
+
+    The engine reduces the losses (`reduce_loss`): mean over the axes after the
+    batch, weighted, summed and divided by the global batch, plus the model's
+    regularisation: Keras's "sum_over_batch_size" value. A custom train_step
+    that applies its update otherwise while ema_decay, accumulation or the guard
+    is on raises at its first trace.
+
     Build the model and the optimizer under `strategy.scope()` first. The Trainer
     builds the optimizer's slot variables there (Keras 3 creates them lazily, and a
     distributed step that creates them fails; see BUILD_NOTES.md), creates its
@@ -144,19 +173,25 @@ class Trainer:
     Args:
       model: a keras.Model (Sequential, functional or subclassed) mapping features
         to outputs; its `losses` (regularisation) are added to the loss.
-      optimizer: a keras optimizer; a LearningRateSchedule given to it reads its
-        `iterations` (updates applied).
-      loss: callable (labels, outputs) -> float32 per-example losses [batch]; a
-        keras loss built with reduction=None qualifies.
+      optimizer: a keras optimizer, or a dict of names to optimizers (a GAN's
+        "generator" and "discriminator"; `self.optimizers[name]`, the first one
+        is `self.optimizer`). A LearningRateSchedule given to one reads its
+        `iterations` (updates applied). With one optimizer the Trainer builds it
+        for model.trainable_variables; each of a dict must be built already.
+        All are checkpointed, restored and scaled by rollbacks.
+      loss: callable (y, y_pred) -> float per-example losses [batch, ...] (a
+        keras loss built with reduction=None qualifies), used by the default
+        `compute_loss`; None when a subclass overrides compute_loss or train_step.
       global_batch_size: examples per step over all replicas; the loss is averaged
         over it (tf.nn.compute_average_loss), so gradients summed over replicas
         equal those of one replica on the whole batch.
       strategy: tf.distribute strategy; the default (no distribution) when None.
       model_dir: folder for checkpoints (`ckpt-<step>`), summaries (`train/`,
         `eval/`) and the best checkpoint (`best/`); None trains without them.
-      metrics: factory returning named keras metrics updated with (labels,
-        outputs); called twice, for training and for evaluation. Default: accuracy
-        for sparse labels. A mean "loss" metric is always added.
+      metrics: factory returning named keras metrics that `update_metrics`
+        updates with (y, y_pred, sample_weight); called twice, for training and
+        for evaluation. Default: none (e.g. `sparse_accuracy` for a classifier).
+        A mean "loss" metric is always there.
       steps_per_loop: steps per call of the compiled loop; metrics, summaries and
         the progress bar are updated between calls. Larger is faster, coarser.
       checkpoint_every_steps: also checkpoint every this many steps (checkpoints
@@ -219,9 +254,9 @@ class Trainer:
         self,
         *,
         model: keras.Model,
-        optimizer: keras.optimizers.Optimizer,
-        loss: Callable[[tf.Tensor, tf.Tensor], tf.Tensor],
+        optimizer: keras.optimizers.Optimizer | Mapping[str, keras.optimizers.Optimizer],
         global_batch_size: int,
+        loss: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
         strategy: tf.distribute.Strategy | None = None,
         model_dir: str | None = None,
         metrics: MetricsFactory | None = None,
@@ -262,11 +297,18 @@ class Trainer:
             raise ValueError(f"rollback_lr_factor={rollback_lr_factor} must be in (0, 1]")
         if max_rollbacks is not None and max_rollbacks < 0:
             raise ValueError(f"max_rollbacks={max_rollbacks} must be at least 0 (or None)")
-        if isinstance(loss, keras.losses.Loss) and loss.reduction not in (None, "none"):
-            raise ValueError(f"loss {loss.name} reduces with {loss.reduction!r}; build it with reduction=None "
-                             "so the Trainer can average over the global batch")
+        for fn in (loss, eval_loss):
+            if isinstance(fn, keras.losses.Loss) and fn.reduction not in (None, "none"):
+                raise ValueError(f"loss {fn.name} reduces with {fn.reduction!r}; build it with reduction=None "
+                                 "so the Trainer can average over the global batch")
+        if isinstance(optimizer, Mapping):
+            if not optimizer:
+                raise ValueError("optimizer={} names no optimizer")
+            self.optimizers = dict(optimizer)
+        else:
+            self.optimizers = {"optimizer": optimizer}
         self.model = model
-        self.optimizer = optimizer
+        self.optimizer = next(iter(self.optimizers.values()))  # The main one: apply_gradients' default.
         self.loss = loss
         self.global_batch_size = global_batch_size
         self.model_dir = model_dir
@@ -285,15 +327,17 @@ class Trainer:
         self.jit_compile = jit_compile
         # The per-replica compute, XLA-compiled on request (nested in the loop's
         # tf.function: the iterator and the cross-replica update cannot be).
-        self._gradients = (tf.function(self._gradients_fn, jit_compile=True) if jit_compile
-                           else self._gradients_fn)
+        self._gradients = (tf.function(self.forward_backward, jit_compile=True) if jit_compile
+                           else self.forward_backward)
+        self._mode = "train"  # Which step is being traced: "train" or "eval" (see `metrics`).
+        self._apply_calls = 0  # apply_gradients calls traced, to catch a train_step that makes none.
         self._infer = (tf.function(self._infer_fn, jit_compile=True) if jit_compile else self._infer_fn)
         self._hooks: list[object] = list(hooks)
         self._stop_reason: str | None = None
         self.retraces: list[str] = []  # Warnings of step functions traced again after warm-up.
         self._traced: dict[str, str] = {}
         self._stop = StopRequest()
-        metrics = metrics or _default_metrics
+        metrics = metrics or dict
         first_replica = tf.VariableAggregation.ONLY_FIRST_REPLICA
         with self.strategy.scope():
             self.train_metrics = {"loss": keras.metrics.Mean(name="loss"), **metrics()}
@@ -315,9 +359,10 @@ class Trainer:
         # Seconds the compiled loop waited for input since the last read; made
         # outside the strategy's scope (a plain host variable), not saved.
         self._input_wait = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="input_wait")
-        if isinstance(optimizer._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
-            # Lets a rollback lower a scheduled rate; the value is unchanged at scale 1.
-            optimizer.learning_rate = ScaledSchedule(optimizer._learning_rate, self._lr_scale)
+        for opt in self.optimizers.values():
+            if isinstance(opt._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
+                # Lets a rollback lower a scheduled rate; the value is unchanged at scale 1.
+                opt.learning_rate = ScaledSchedule(opt._learning_rate, self._lr_scale)
         # Multi-worker: every worker takes part in saves, only the chief's are kept,
         # and only the chief writes summaries and progress.
         self.is_chief = distribution.is_chief(self.strategy)
@@ -325,7 +370,10 @@ class Trainer:
         self._multi_worker = bool(resolver and resolver.cluster_spec().as_dict())
         self._scratch = (os.path.join(model_dir, ".scratch", f"worker-{distribution.worker_index(self.strategy)}")
                          if model_dir and not self.is_chief else None)
-        trackables = dict(model=model, optimizer=optimizer, step=self._step,
+        # One optimizer keeps the name "optimizer" (checkpoints of earlier versions read on).
+        optimizers = dict(optimizer=self.optimizer) if not isinstance(optimizer, Mapping) else \
+            dict(optimizers=self.optimizers)
+        trackables = dict(model=model, **optimizers, step=self._step,
                           nonfinite_steps=self._nonfinite_total, lr_scale=self._lr_scale,
                           rollbacks=self._rollbacks)
         self.checkpointer = (Checkpointer(model_dir, max_to_keep=keep_checkpoints, scratch_directory=self._scratch,
@@ -344,10 +392,12 @@ class Trainer:
         # steps on the workers and evaluates itself.
         self._coordinator = (tf.distribute.coordinator.ClusterCoordinator(self.strategy)
                              if isinstance(self.strategy, tf.distribute.experimental.ParameterServerStrategy) else None)
-        if self._coordinator and isinstance(optimizer._learning_rate, ScaledSchedule):
-            # Concurrent workers can lose increments of the optimizer's iterations;
-            # the schedule follows the Trainer's step counter instead.
-            optimizer._learning_rate.step = self._step
+        for opt in self.optimizers.values():
+            if self._coordinator and isinstance(opt._learning_rate, ScaledSchedule):
+                # Concurrent workers can lose increments of the optimizer's iterations;
+                # the schedule follows the Trainer's step counter instead.
+                opt._learning_rate.step = self._step
+        self._items_attached = False
         if self.model_built:
             self._create_model_state()
         # Compiled once; the loop count is a tensor argument, so no retracing.
@@ -374,8 +424,14 @@ class Trainer:
                                  "not created under strategy.scope(); build the model inside it")
         first_replica = tf.VariableAggregation.ONLY_FIRST_REPLICA
         with self.strategy.scope():
-            if not self.optimizer.built:
+            if len(self.optimizers) == 1 and not self.optimizer.built:
                 self.optimizer.build(model.trainable_variables)
+            for name, opt in self.optimizers.items():
+                if not opt.built:  # Which variables each one updates is the task's to say.
+                    raise ValueError(f"optimizer {name!r} is not built: call its build(variables) under "
+                                     "strategy.scope() with the variables it will update, before creating the "
+                                     "Trainer (Keras 3 creates slot variables lazily, which fails in a "
+                                     "distributed step)")
             # Gradient accumulators: each replica sums its own micro-batch gradients.
             self._accumulators = [
                 tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="grad_accumulator",
@@ -391,6 +447,26 @@ class Trainer:
                 self.checkpointer.checkpoint.grad_accumulators = list(self._accumulators)
             if self._ema_pairs:
                 self.checkpointer.checkpoint.ema = [shadow for _, shadow in self._ema_pairs]
+
+    def checkpoint_items(self) -> Mapping[str, object]:
+        """Extra state a task checkpoints beside the model and optimizers: {name: trackable}.
+
+        Override to save a second model (a discriminator, a teacher) or any
+        tf.Variable or trackable; each is saved and restored with every
+        checkpoint, under its name. Read when fit (or restore) first runs.
+        """
+        return {}
+
+    def _attach_checkpoint_items(self) -> None:
+        if self._items_attached or not self.checkpointer:
+            return
+        taken = {"model", "optimizer", "optimizers", "step", "nonfinite_steps", "lr_scale", "rollbacks", "ema",
+                 "grad_accumulators", "save_counter"}
+        for name, item in self.checkpoint_items().items():
+            if name in taken:
+                raise ValueError(f"checkpoint_items name {name!r} is taken by the Trainer's own state")
+            setattr(self.checkpointer.checkpoint, name, item)
+        self._items_attached = True
 
     def build_model(self, element_spec) -> None:
         """Creates the model's variables from a batch's spec, under the strategy's scope; no-op if built.
@@ -441,76 +517,231 @@ class Trainer:
                 return fn(*args, **kwargs)
         return traced
 
-    # --- Per-replica step functions (graph; override in subclasses) ---------------
+    # --- The step contract (per replica, graph; override in subclasses) -----------
 
-    def compute_loss(self, labels: tf.Tensor, outputs: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        """Loss of one replica's batch, scaled for summing over replicas (and micro-batches).
+    @property
+    def metrics(self) -> dict[str, keras.metrics.Metric]:
+        """The metrics of the step being traced: `train_metrics` in train_step, `eval_metrics` in test_step."""
+        return self.eval_metrics if self._mode == "eval" else self.train_metrics
+
+    def unpack(self, data) -> tuple:
+        """Splits one dataset element into (x, y, sample_weight), missing parts None.
+
+        An element may be `x` (a tensor or a dict of tensors), `(x,)`, `(x, y)` or
+        `(x, y, sample_weight)`: the rules of `keras.utils.unpack_x_y_sample_weight`.
+        """
+        if isinstance(data, list):
+            data = tuple(data)
+        return keras.utils.unpack_x_y_sample_weight(data)
+
+    def compute_loss(self, x, y, y_pred, sample_weight) -> tf.Tensor:
+        """Per-example losses of one replica's batch; override for a task's own loss.
+
+        The engine does the rest (`reduce_loss`): it averages the axes after the
+        batch axis, weights by `sample_weight`, averages over the global batch
+        and adds the model's regularisation losses, so a step's loss equals
+        Keras's `compile(loss=...)` value (reduction "sum_over_batch_size").
+
+        Args:
+          x: the features; y: the targets (None for data without labels);
+          y_pred: the model's outputs on x, float32; sample_weight: None or
+            float weights [batch] (or of the losses' shape).
 
         Returns:
-          (scalar loss to differentiate, float32 per-example data losses [batch]).
-          The scalar is the per-example losses summed and divided by the global
-          batch times accumulation_steps, plus the model's regularisation losses
-          divided by the replicas and accumulation_steps.
+          float losses [batch, ...], not reduced over the batch. The default
+          applies the constructor's `loss` (its `eval_loss` in test_step).
+        """
+        fn = self.eval_loss if self._mode == "eval" else self.loss
+        if fn is None:
+            raise NotImplementedError(f"{type(self).__name__} has no loss: pass loss= to the Trainer or override "
+                                      "compute_loss (or train_step)")
+        return fn(y, y_pred)
+
+    def reduce_loss(self, losses: tf.Tensor, sample_weight=None, y_pred=None, *, regularization=()) -> tf.Tensor:
+        """The scalar to differentiate on one replica: gradients summed over replicas are the global batch's.
+
+        Args:
+          losses: per-example losses [batch, ...] (compute_loss's).
+          sample_weight: None, or weights [batch] or of the losses' shape.
+          y_pred: the outputs, to check that `losses` is led by their batch size.
+          regularization: scalar losses of the model (`model.losses`), added once
+            over all replicas.
+
+        Returns:
+          Scalar float32: sum(weights * mean over non-batch axes of losses) over
+          the global batch (times accumulation_steps), plus the regularisation
+          divided over the replicas (tf.nn.compute_average_loss and
+          tf.nn.scale_regularization_loss).
+
+        Raises:
+          ValueError: at trace time, if `losses` is a scalar or not led by the batch size.
         """
         k = self.accumulation_steps
-        per_example = tf.cast(self.loss(labels, outputs), tf.float32)
-        loss = tf.nn.compute_average_loss(per_example, global_batch_size=self.global_batch_size * k)
-        if self.model.losses:
-            reg = tf.cast(tf.add_n(self.model.losses), tf.float32)
+        loss = tf.nn.compute_average_loss(self._per_example(losses, sample_weight, y_pred),
+                                          global_batch_size=self.global_batch_size * k)
+        regularization = list(regularization)
+        if regularization:
+            reg = tf.cast(tf.add_n(regularization), tf.float32)
             loss += tf.nn.scale_regularization_loss(reg) / k
-        return loss, per_example
+        return loss
 
-    def _gradients_fn(self, features, labels):
-        """(loss, per-example losses, outputs, gradients) of one replica's batch."""
+    @staticmethod
+    def _per_example(losses, sample_weight=None, y_pred=None) -> tf.Tensor:
+        """float32 [batch]: the weighted losses averaged over the axes after the batch axis."""
+        losses = tf.cast(losses, tf.float32)
+        if losses.shape.rank == 0:
+            raise ValueError(f"compute_loss returned a scalar (shape {losses.shape}); return per-example losses "
+                             "[batch, ...] and let the Trainer average them over the global batch")
+        reference = tf.nest.flatten(y_pred)[0] if y_pred is not None else None
+        if reference is not None and reference.shape.rank and losses.shape[0] is not None \
+                and reference.shape[0] is not None and losses.shape[0] != reference.shape[0]:
+            raise ValueError(f"compute_loss returned losses of shape {losses.shape}, not led by the batch size "
+                             f"{reference.shape[0]} of the outputs (shape {reference.shape})")
+        if sample_weight is not None:
+            weight = tf.cast(sample_weight, tf.float32)
+            while weight.shape.rank > losses.shape.rank and weight.shape[-1] == 1:
+                weight = tf.squeeze(weight, -1)  # [batch, 1] weights of [batch] losses
+            while weight.shape.rank < losses.shape.rank:
+                weight = weight[..., tf.newaxis]  # [batch] weights of [batch, h, w] losses
+            losses = losses * weight
+        if losses.shape.rank > 1:
+            losses = tf.reduce_mean(losses, axis=list(range(1, losses.shape.rank)))  # [batch]
+        return losses
+
+    def forward_backward(self, x, y, sample_weight):
+        """The model's pass and its gradients on one replica: (loss, losses, y_pred, gradients).
+
+        `loss` is reduce_loss's scalar, `losses` compute_loss's per-example
+        losses, y_pred float32, the gradients those of model.trainable_variables.
+        XLA-compiled with jit_compile.
+        """
         with tf.GradientTape() as tape:
-            outputs = _to_float32(self.model(features, training=True))
-            loss, per_example = self.compute_loss(labels, outputs)
-            # float16: the LossScaleOptimizer scales the loss up (on the tape) and its
-            # gradients back down.
-            target = (self.optimizer.scale_loss(loss)
-                      if isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer) else loss)
-        return loss, per_example, outputs, tape.gradient(target, self.model.trainable_variables)
+            y_pred = _to_float32(self.model(x, training=True))
+            losses = self.compute_loss(x, y, y_pred, sample_weight)
+            loss = self.reduce_loss(losses, sample_weight, y_pred, regularization=self.model.losses)
+            # float16: the LossScaleOptimizer scales the loss up (on the tape) and its gradients back down.
+            scaled = self.optimizer.scale_loss(loss)
+        return loss, losses, y_pred, tape.gradient(scaled, self.model.trainable_variables)
 
-    def _infer_fn(self, features):
-        return _to_float32(self.model(features, training=False))
+    def train_step(self, data) -> None:
+        """One replica's training step; the reference a custom step follows.
 
-    def train_step(self, inputs) -> None:
-        """One micro-batch on one replica: forward, loss, gradients, and the update when due."""
-        features, labels = inputs
-        loss_scaled = isinstance(self.optimizer, keras.optimizers.LossScaleOptimizer)
-        loss, per_example, outputs, grads = self._gradients(features, labels)
-        variables = self.model.trainable_variables
-        loss_finite = tf.reduce_all(tf.math.is_finite(loss))
+        A custom step (a GAN, a consistency loss) computes its gradients and calls
+        `apply_gradients`, which brings accumulation, the non-finite guard, loss
+        scaling and the weights' moving average with it, then `record_loss` and
+        `update_metrics` for what the progress bar and summaries show.
+        """
+        x, y, sample_weight = self.unpack(data)
+        loss, losses, y_pred, gradients = self._gradients(x, y, sample_weight)
+        finite = self.apply_gradients(gradients, self.model.trainable_variables, loss=loss)
+        # A skipped (non-finite) step leaves the metrics alone, so one NaN does not poison the epoch.
+        self.record_loss(losses, sample_weight, y_pred, finite=finite)
+        y_pred = tf.nest.map_structure(lambda o: tf.where(finite, o, tf.zeros_like(o)), y_pred)
+        self.update_metrics(x, y, y_pred, _masked_weight(sample_weight, finite, y_pred))
+
+    def test_step(self, data) -> None:
+        """One replica's evaluation step: the loss and metrics of the model in inference mode."""
+        x, y, sample_weight = self.unpack(data)
+        y_pred = self._infer(x)
+        self.record_loss(self.compute_loss(x, y, y_pred, sample_weight), sample_weight, y_pred)
+        self.update_metrics(x, y, y_pred, sample_weight)
+
+    def update_metrics(self, x, y, y_pred, sample_weight) -> None:
+        """Updates the task's metrics (all of `self.metrics` but "loss") with one replica's batch.
+
+        The default calls `metric.update_state(y, y_pred, sample_weight)` for each;
+        a task whose metrics need other arguments overrides it. In train_step
+        the weights are zero for a step the non-finite guard skipped.
+        """
+        for name, metric in self.metrics.items():
+            if name != "loss":
+                metric.update_state(y, y_pred, sample_weight=sample_weight)
+
+    def record_loss(self, losses, sample_weight=None, y_pred=None, *, finite=None) -> None:
+        """Adds per-example losses to the "loss" metric (the weighted mean over examples, as Keras reports).
+
+        Args:
+          losses: per-example losses [batch, ...]; sample_weight, y_pred: as for reduce_loss.
+          finite: a bool scalar from apply_gradients; False leaves the metric as it was.
+        """
+        per_example = self._per_example(losses, sample_weight, y_pred)
+        weight = None
+        if finite is not None:
+            per_example = tf.where(finite, per_example, tf.zeros_like(per_example))
+            weight = tf.cast(finite, tf.float32) * tf.ones_like(per_example)
+        self.metrics["loss"].update_state(per_example, sample_weight=weight)
+
+    def _infer_fn(self, x):
+        return _to_float32(self.model(x, training=False))
+
+    # --- The update: apply_gradients and what it brings ---------------------------------
+
+    def apply_gradients(self, gradients, variables, optimizer=None, *, loss=None) -> tf.Tensor:
+        """Applies one replica's gradients with every feature of the engine; call it in train_step.
+
+        It brings: gradient accumulation (accumulation_steps), the non-finite
+        guard (a step whose loss or gradients are NaN/Inf on any replica is
+        skipped on every replica and counted), the LossScaleOptimizer's
+        unscaling and overflow skip, and, after each applied update, the moving
+        average of the weights (ema_decay). The optimizer sums the gradients
+        over the replicas.
+
+        Args:
+          gradients: one per variable (None for a variable without one).
+          variables: the variables to update.
+          optimizer: None for the Trainer's optimizer (the first of a dict), a
+            name of `optimizers`, or an optimizer object of them.
+          loss: the scalar loss, checked by the guard with the gradients.
+
+        Returns:
+          bool scalar: whether this replica's loss and gradients were finite
+          (True with the guard off), to mask its metrics.
+
+        Raises:
+          ValueError: at trace time, for an unknown optimizer, or accumulation of
+            other variables than the model's trainable ones.
+        """
+        optimizer = self._optimizer_named(optimizer)
+        self._apply_calls += 1
+        gradients, variables = list(gradients), list(variables)
+        loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
+        finite = tf.constant(True) if loss is None else tf.reduce_all(tf.math.is_finite(loss))
+        due = None
         if self._accumulators:
-            for acc, g in zip(self._accumulators, grads):
+            if optimizer is not self.optimizer or [id(v) for v in variables] != \
+                    [id(v) for v in self.model.trainable_variables]:
+                raise ValueError("accumulation_steps > 1 accumulates the main optimizer's update of "
+                                 "model.trainable_variables only; apply other updates without accumulation")
+            for acc, g in zip(self._accumulators, gradients):
                 if g is not None:
                     acc.assign_add(g)
-            grads = [acc.read_value() for acc in self._accumulators]
+            gradients = [acc.read_value() for acc in self._accumulators]
             due = tf.equal(self._step % self.accumulation_steps, self.accumulation_steps - 1)
-        else:
-            due = None
-        # The guard: skip (on every replica) an update whose loss or gradients are
-        # non-finite on any replica. With loss scaling, overflowing gradients are
-        # the LossScaleOptimizer's to skip (it lowers its scale and skips the update).
+        # With loss scaling, overflowing gradients are the LossScaleOptimizer's to skip
+        # (it lowers its scale and skips the update).
         guard = self.nonfinite_limit is not None and not loss_scaled
-        finite = loss_finite
         if guard:
-            grads_finite = [tf.reduce_all(tf.math.is_finite(g)) for g in grads if g is not None]
+            grads_finite = [tf.reduce_all(tf.math.is_finite(g)) for g in gradients if g is not None]
             finite = tf.logical_and(finite, tf.reduce_all(grads_finite))
         if due is None and not guard:
-            self._apply(grads, variables)  # The optimizer sums gradients over replicas.
+            self._apply(gradients, variables, optimizer)  # The optimizer sums gradients over replicas.
         else:
-            self._apply_when(due, finite if guard else tf.constant(True), grads, variables)
-        if not guard and not loss_scaled:
-            finite = tf.constant(True)  # Guard off: the metrics see every step.
-        # A skipped step leaves the metrics alone, so one NaN does not poison the epoch.
-        weight = tf.cast(finite, tf.float32)
-        per_example = tf.where(finite, per_example, tf.zeros_like(per_example))
-        outputs = tf.nest.map_structure(lambda o: tf.where(finite, o, tf.zeros_like(o)), outputs)
-        self._update_metrics(self.train_metrics, labels, outputs, per_example,
-                             sample_weight=weight * tf.ones_like(per_example))
+            self._apply_when(due, finite if guard else tf.constant(True), gradients, variables, optimizer)
+        return finite if (guard or loss_scaled) else tf.constant(True)
 
-    def _apply_when(self, due, finite: tf.Tensor, grads, variables) -> None:
+    def _optimizer_named(self, optimizer) -> keras.optimizers.Optimizer:
+        if optimizer is None:
+            return self.optimizer
+        if isinstance(optimizer, str):
+            if optimizer not in self.optimizers:
+                raise ValueError(f"no optimizer {optimizer!r}; the Trainer has {', '.join(self.optimizers)}")
+            return self.optimizers[optimizer]
+        if not any(optimizer is o for o in self.optimizers.values()):
+            raise ValueError("apply_gradients was given an optimizer the Trainer does not hold; pass it to the "
+                             "Trainer (optimizer={name: optimizer}) so it is built, checkpointed and scaled")
+        return optimizer
+
+    def _apply_when(self, due, finite: tf.Tensor, grads, variables, optimizer) -> None:
         """Applies the update on every replica when due (None: every step) and finite on every replica."""
         ctx = tf.distribute.get_replica_context()
         if tf.__internal__.distribute.strategy_supports_no_merge_call():
@@ -518,7 +749,7 @@ class Trainer:
             bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
 
             def update():
-                tf.cond(bad == 0, lambda: self._apply(grads, variables), self._skip)
+                tf.cond(bad == 0, lambda: self._apply(grads, variables, optimizer), self._skip)
 
             if due is None:
                 update()
@@ -533,7 +764,7 @@ class Trainer:
             all_finite = tf.reduce_all(tf.stack(distribution.experimental_local_results(finite)))
 
             def apply():
-                distribution.extended.call_for_each_replica(self._apply, args=(grads, variables))
+                distribution.extended.call_for_each_replica(self._apply, args=(grads, variables, optimizer))
 
             def update():
                 tf.cond(all_finite, apply, self._skip)
@@ -545,8 +776,8 @@ class Trainer:
 
         ctx.merge_call(cross_replica, args=(finite, grads))
 
-    def _apply(self, grads, variables) -> None:
-        self.optimizer.apply_gradients(zip(grads, variables))
+    def _apply(self, grads, variables, optimizer) -> None:
+        optimizer.apply_gradients(zip(grads, variables))
         self._nonfinite_streak.assign(0)
         for acc in self._accumulators:
             acc.assign(tf.zeros_like(acc))
@@ -566,20 +797,6 @@ class Trainer:
     def _averaged_weights(self):
         """The model weights the moving average covers: every float variable."""
         return [v for v in self.model.weights if tf.as_dtype(v.dtype).is_floating]
-
-    def eval_step(self, inputs) -> None:
-        """Updates the eval metrics with one replica's batch (features, labels)."""
-        features, labels = inputs
-        outputs = self._infer(features)
-        self._update_metrics(self.eval_metrics, labels, outputs, tf.cast(self.eval_loss(labels, outputs), tf.float32))
-
-    @staticmethod
-    def _update_metrics(metrics, labels, outputs, per_example_loss, sample_weight=None):
-        for name, metric in metrics.items():
-            if name == "loss":
-                metric.update_state(per_example_loss, sample_weight=sample_weight)
-            else:
-                metric.update_state(labels, outputs, sample_weight=sample_weight)
 
     # --- Compiled loops ---------------------------------------------------------------
 
@@ -610,21 +827,44 @@ class Trainer:
                     batch = next(iterator)
                 with tf.control_dependencies(tf.nest.flatten(self._local_tensors(batch))):
                     self._input_wait.assign_add(tf.timestamp() - start)
-            updates = tf.identity(tf.convert_to_tensor(self.optimizer.iterations))
+            updates = self._updates_applied()
             self.strategy.run(self._replica_train_step, args=(batch,))
             self._step.assign_add(1)
             if self._ema_pairs:
                 # After the replicas' state was averaged, so the shadows follow the mean;
                 # only when the step applied an update (not a skipped or accumulating one).
-                tf.cond(self.optimizer.iterations > updates, self._update_ema, lambda: None)
+                tf.cond(self._updates_applied() > updates, self._update_ema, lambda: None)
+
+    def _updates_applied(self) -> tf.Tensor:
+        """int64: updates applied by all optimizers so far (their iterations, summed)."""
+        return tf.add_n([tf.identity(tf.convert_to_tensor(o.iterations, tf.int64))
+                         for o in self.optimizers.values()])
 
     def _replica_train_step(self, batch) -> None:
-        """One replica's step: `train_step`, then the state its layers updated, made finite and equal."""
-        state = replica_state.updated_state(self.model)
+        """One replica's step: `train_step`, then the state its layers updated, made finite and equal.
+
+        Raises:
+          ValueError: at trace time, if train_step applied no update through
+            apply_gradients while a feature that needs it (ema_decay,
+            accumulation, the non-finite guard) is on.
+        """
+        models = [self.model] + [item for item in self.checkpoint_items().values()
+                                 if isinstance(item, keras.layers.Layer)]  # e.g. a GAN's discriminator
+        state = [v for m in models for v in replica_state.updated_state(m)]
         before = [tf.identity(tf.convert_to_tensor(v)) for v in state]
+        calls, self._mode = self._apply_calls, "train"
         self.train_step(batch)
+        if self._apply_calls == calls:
+            needs = [name for name, on in (("ema_decay", self._ema_pairs), ("accumulation_steps",
+                     self.accumulation_steps > 1), ("the non-finite guard (nonfinite_limit)",
+                     self.nonfinite_limit is not None)) if on]
+            if needs:
+                raise ValueError(f"{type(self).__name__}.train_step applied no update through "
+                                 f"self.apply_gradients, so {', '.join(needs)} would silently do nothing; call "
+                                 "self.apply_gradients(gradients, variables) instead of the optimizer's (or turn "
+                                 "them off: nonfinite_limit=None)")
         replica_state.keep_finite(state, before)
-        replica_state.average(replica_state.local_state(self.model, self.strategy))
+        replica_state.average([v for m in models for v in replica_state.local_state(m, self.strategy)])
 
     def _local_tensors(self, batch):
         """The tensors of a (distributed) batch, for control dependencies."""
@@ -633,17 +873,24 @@ class Trainer:
                           else [v])]
 
     def _eval_loop_fn(self, iterator) -> None:
-        self._note_trace("Trainer.eval_step", iterator.element_spec)
+        self._note_trace("Trainer.test_step", iterator.element_spec)
         for _ in tf.range(_MAX_EVAL_STEPS):
             optional = iterator.get_next_as_optional()
             if not optional.has_value():
                 break
-            self.strategy.run(self.eval_step, args=(optional.get_value(),))
+            self.strategy.run(self._replica_test_step, args=(optional.get_value(),))
+
+    def _replica_test_step(self, batch) -> None:
+        self._mode = "eval"
+        try:
+            self.test_step(batch)
+        finally:
+            self._mode = "train"
 
     def _inline_eval_fn(self, data) -> None:
         # Parameter-server training: the coordinator evaluates on its own device.
         for batch in data:
-            self.eval_step(batch)
+            self._replica_test_step(batch)
 
     # --- Public API (eager) ----------------------------------------------------------
 
@@ -671,6 +918,7 @@ class Trainer:
         if not self.model_built:
             raise ValueError(f"model {self.model.name} has no variables to restore yet; call fit (which builds it "
                              "from the first batch) or build it under strategy.scope() first")
+        self._attach_checkpoint_items()
         if self.checkpointer and not self._restored:
             self.restored_from = self.checkpointer.restore_latest()
             self._last_saved_step = self.global_step if self.restored_from else None
@@ -908,8 +1156,9 @@ class Trainer:
     def scale_learning_rate(self, factor: float) -> None:
         """Multiplies the learning rate from now on by `factor` (saved with checkpoints)."""
         self._lr_scale.assign(self._lr_scale * factor)
-        if not isinstance(self.optimizer._learning_rate, ScaledSchedule):
-            self.optimizer.learning_rate = self.learning_rate * factor
+        for opt in self.optimizers.values():
+            if not isinstance(opt._learning_rate, ScaledSchedule):
+                opt.learning_rate = float(np.asarray(opt.learning_rate)) * factor
 
     def write_scalars(self, split: str, values: Mapping[str, float], step: int) -> None:
         """Writes TensorBoard scalars to model_dir/<split> (chief only)."""
@@ -1039,14 +1288,16 @@ class Trainer:
                 f"training diverged: {where}, after {done} rollback(s) that each lowered the learning rate "
                 f"(now {self.learning_rate:.4g}, {self.learning_rate_scale:g} x the schedule); the newest "
                 f"checkpoint, {latest}, is finite. Try a lower learning rate, gradient clipping or a warm-up")
-        scale, rate, total = self.learning_rate_scale, self.learning_rate, self.nonfinite_steps
+        scale, total = self.learning_rate_scale, self.nonfinite_steps
+        rates = {name: float(np.asarray(o.learning_rate)) for name, o in self.optimizers.items()}
         path = self.checkpointer.restore_latest()
         if not self._state_finite():  # Written before checkpoints were checked.
             raise NonFiniteError(f"training diverged: {where}, and checkpoint {path} holds NaN/Inf values; "
                                  "remove it to roll back further")
         self._lr_scale.assign(scale)
-        if not isinstance(self.optimizer._learning_rate, ScaledSchedule):
-            self.optimizer.learning_rate = rate  # The checkpoint restored its own rate.
+        for name, opt in self.optimizers.items():
+            if not isinstance(opt._learning_rate, ScaledSchedule):
+                opt.learning_rate = rates[name]  # The checkpoint restored its own rate.
         self.scale_learning_rate(self.rollback_lr_factor)
         self._rollbacks.assign(done + 1)
         self._nonfinite_total.assign(total)  # The count covers the whole run, rollbacks included.
@@ -1065,8 +1316,10 @@ class Trainer:
     def _checkpointed_floats(self) -> list[tf.Variable]:
         """The float variables a checkpoint holds: model, optimizer, moving averages, accumulators."""
         found, seen = [], set()
-        for v in [*self.model.variables, *self.optimizer.variables, *(s for _, s in self._ema_pairs),
-                  *self._accumulators]:
+        items = [[item] if isinstance(item, (tf.Variable, keras.Variable)) else getattr(item, "variables", [])
+                 for item in self.checkpoint_items().values()]
+        for v in [*self.model.variables, *(v for o in self.optimizers.values() for v in o.variables),
+                  *(s for _, s in self._ema_pairs), *self._accumulators, *(v for vs in items for v in vs)]:
             v = v.value if isinstance(v, keras.Variable) else v  # The tf.Variable inside a Keras variable.
             if id(v) not in seen and v.dtype.is_floating:
                 seen.add(id(v))

@@ -3,7 +3,7 @@
     python -m launch.benchmark_distribution --data_dir=../shared/data/cifar10 [--train_steps=100]
 
 Runs launch.train (and launch.cluster for the workers) on ResNet-20 with a global
-batch of 128, each configuration in fresh processes and a fresh model_dir, and
+batch of 128 (2 replicas also with --sync_batch_norm: batch statistics over both), each configuration in fresh processes and a fresh model_dir, and
 prints the examples/s that the run reports for its steps after the first loop
 (the first loop also traces the step function).
 """
@@ -20,6 +20,7 @@ from absl import app, flags
 flags.DEFINE_string("data_dir", "../shared/data/cifar10", "CIFAR-10 folder (see launch.train).")
 flags.DEFINE_integer("train_steps", 100, "Steps per configuration.")
 flags.DEFINE_string("model", "resnet20", "Network.")
+flags.DEFINE_list("only", [], "Run only the configurations whose names start with one of these.")
 FLAGS = flags.FLAGS
 
 GLOBAL_BATCH = 128
@@ -27,6 +28,8 @@ CONFIGS = [
     ("1 replica", "train", ["--strategy=default", f"--batch_size={GLOBAL_BATCH}"]),
     ("2 replicas (mirrored, 2 logical CPUs)", "train",
      ["--strategy=mirrored", "--num_cpu_devices=2", f"--batch_size={GLOBAL_BATCH // 2}"]),
+    ("2 replicas, synchronized BatchNorm", "train",
+     ["--strategy=mirrored", "--num_cpu_devices=2", f"--batch_size={GLOBAL_BATCH // 2}", "--sync_batch_norm"]),
     ("1 worker (multi_worker_mirrored)", "cluster1", [f"--batch_size={GLOBAL_BATCH}"]),
     ("2 workers x 1 replica (multi_worker_mirrored)", "cluster2", [f"--batch_size={GLOBAL_BATCH // 2}"]),
 ]
@@ -54,6 +57,8 @@ def main(argv: list[str]) -> None:
           f"{FLAGS.data_dir}")
     results = {}
     for name, kind, extra in CONFIGS:
+        if FLAGS.only and not any(name.startswith(prefix) for prefix in FLAGS.only):
+            continue
         with tempfile.TemporaryDirectory() as model_dir:
             results[name] = measure(kind, extra, model_dir)
         print(f"{name:48s} {results[name]:8.0f} examples/s", flush=True)

@@ -96,6 +96,9 @@ class TrainConfig:
     histogram_every_epochs: int = 0
     profile_steps: tuple[int, ...] = ()
     max_time: float | None = None
+    task: str = "classification"
+    # The task's own settings (from its flags, launch/tasks/<task>.py), as (name, value) pairs.
+    task_options: tuple[tuple[str, object], ...] = ()
 
     def __post_init__(self):
         def positive(name, value, allow_none=False):
@@ -151,8 +154,9 @@ class TrainConfig:
             raise ValueError(f"--max_rollbacks={self.max_rollbacks} must be -1 (no limit) or at least 0")
         if not 0 < self.rollback_lr_factor <= 1:
             raise ValueError(f"--rollback_lr_factor={self.rollback_lr_factor:g} must be in (0, 1]")
-        if self.best_metric and self.best_metric not in ("eval_loss", "eval_accuracy"):
-            raise ValueError(f"--best_metric={self.best_metric!r} must be eval_loss, eval_accuracy or empty")
+        if self.best_metric and not self.best_metric.startswith("eval_"):
+            raise ValueError(f"--best_metric={self.best_metric!r} must name an eval metric (eval_loss, "
+                             "eval_accuracy, ...) or be empty")
         for name in ("train_data", "eval_data"):
             path = getattr(self, name)
             if path and not os.path.exists(path) and not any(ch in path for ch in "*?["):
@@ -190,6 +194,17 @@ class TrainConfig:
         if len(self.lr_boundaries) != len(self.lr_multipliers):
             raise ValueError(f"--lr_boundaries has {len(self.lr_boundaries)} values but --lr_multipliers has "
                              f"{len(self.lr_multipliers)}: give one multiplier per boundary")
+
+    def option(self, name: str):
+        """The task's setting `name` (its flag's value).
+
+        Raises:
+          KeyError: naming the setting and the task if the task defines no such flag.
+        """
+        options = dict(self.task_options)
+        if name not in options:
+            raise KeyError(f"the {self.task} task has no setting {name!r} (it has {', '.join(options) or 'none'})")
+        return options[name]
 
     def global_batch(self, num_replicas: int) -> int:
         """The global batch for `num_replicas` replicas.

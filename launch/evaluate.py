@@ -24,7 +24,7 @@ def main(argv: list[str]) -> None:
     import keras
 
     from datasets import cifar10, in_memory
-    from engine import Trainer
+    from engine import Trainer, sparse_accuracy
     from launch import experiment
 
     try:
@@ -36,6 +36,7 @@ def main(argv: list[str]) -> None:
     eval_data = in_memory.eval_dataset(data.test.images, data.test.labels, global_batch_size=FLAGS.batch_size,
                                        mean=mean, std=std)
     trainer = Trainer(model=model, optimizer=keras.optimizers.SGD(), global_batch_size=FLAGS.batch_size,
+                      metrics=sparse_accuracy,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
                       progress=False)
     results = trainer.evaluate(eval_data)

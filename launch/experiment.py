@@ -1,4 +1,9 @@
-"""A CIFAR-10 training run from a TrainConfig: strategy, data, model, Trainer."""
+"""A training run from a TrainConfig: strategy, the task's data, model and Trainer, hooks.
+
+Everything task-specific (data, model, loss, metrics) comes from the task
+(launch/tasks/<name>.py, chosen by --task); this module only puts the pieces
+together the same way for every task.
+"""
 
 from __future__ import annotations
 
@@ -10,15 +15,14 @@ import os
 import keras
 import tensorflow as tf
 
-import models
-from datasets import augment, cifar10, images, in_memory, sources
+from datasets import augment
 from models import transfer
 from engine import EpochInput, Trainer, configure_cpu_devices, create_strategy, distribution
 from engine import hooks as hooks_lib
-from engine.losses import sparse_categorical_crossentropy
 from engine.optimizers import build_optimizer, set_precision
 from engine.schedules import build_schedule
 from engine.progress import EpochProgress
+from launch import tasks
 from launch.config import TrainConfig
 
 
@@ -33,6 +37,8 @@ class Run:
       eval_data: the test split, every example once.
       backbone: the transfer backbone to unfreeze later, when the run fine-tunes.
       schedule: the first phase's learning rate, from which fine-tuning's is derived.
+      task: the task, which builds the fine-tuning phase's Trainer too.
+      data: the task's data.
     """
 
     config: TrainConfig
@@ -41,6 +47,8 @@ class Run:
     eval_data: tf.data.Dataset
     backbone: keras.Model | None = None
     schedule: keras.optimizers.schedules.LearningRateSchedule | float | None = None
+    task: tasks.Task | None = None
+    data: tasks.TaskData | None = None
 
     def train(self) -> dict[str, list[float]]:
         """Trains to the configured end, evaluating each epoch; returns the history.
@@ -68,7 +76,7 @@ class Run:
         with strategy.scope():
             optimizer = keras.optimizers.SGD(learning_rate=config.finetune_lr_factor * float(rate),
                                              momentum=config.momentum)
-        finetune = _trainer(config, model, optimizer, strategy, self.trainer.global_batch_size,
+        finetune = _trainer(self.task, self.data, config, model, optimizer, strategy, self.trainer.global_batch_size,
                             os.path.join(config.model_dir, "finetune"))
         more = finetune.fit(self.train_input, self.eval_data, train_steps=total - head_steps)
         return {k: history.get(k, []) + more.get(k, []) for k in {*history, *more}}
@@ -84,6 +92,11 @@ def prepare(config: TrainConfig) -> Run:
         replicas, bad learning-rate boundaries, or a checkpoint in model_dir that
         does not fit the model; the message names the flag, path or value.
     """
+    task = tasks.get(config.task)
+    task.check(config)
+    if config.best_metric and config.best_metric not in [f"eval_{m}" for m in ("loss", *task.metrics)]:
+        raise ValueError(f"--best_metric={config.best_metric!r}: the {task.name} task reports "
+                         f"{', '.join(f'eval_{m}' for m in ('loss', *task.metrics))} (or leave it empty)")
     cluster = distribution.cluster_from_env_or_flags(
         worker_hosts=config.worker_hosts, ps_hosts=config.ps_hosts, chief_host=config.chief_host,
         task_type=config.task_type, task_index=config.task_index)
@@ -102,9 +115,9 @@ def prepare(config: TrainConfig) -> Run:
     replicas = strategy.num_replicas_in_sync
     global_batch = config.global_batch(replicas)
     say = EpochProgress.write if distribution.is_chief(strategy) else (lambda line: None)
-    data, source = _load_data(config, global_batch, progress=config.progress and distribution.is_chief(strategy))
+    data = task.data(config, global_batch, progress=config.progress and distribution.is_chief(strategy))
     steps_per_epoch = data.steps_per_epoch
-    say(f"{source}: {data.num_train} train, {data.num_eval} eval examples; "
+    say(f"{task.name} task, {data.source}: {data.num_train} train, {data.num_eval} eval examples; "
         f"{replicas} replica(s), per-replica batch {global_batch // replicas}, global batch {global_batch}, "
         f"{steps_per_epoch} steps per epoch")
     for line in data.skipped:
@@ -120,59 +133,30 @@ def prepare(config: TrainConfig) -> Run:
     keras.utils.set_random_seed(config.seed)
     set_precision(config.precision)
     with strategy.scope():
-        model, backbone = _build_model(config, data.image_shape, len(data.class_names), data.normalize)
+        model = task.model(config, data)
         optimizer = build_optimizer(config.optimizer, schedule, momentum=config.momentum, nesterov=config.nesterov,
                                     weight_decay=config.decoupled_weight_decay, clip_norm=config.clip_norm,
                                     loss_scale=config.precision == "float16")
-    say(f"model {config.backbone or config.model} ({model.count_params():,} parameters, "
+    say(f"model {task.model_label(config, model)} ({model.count_params():,} parameters, "
         f"{sum(int(v.numpy().size) for v in model.trainable_variables):,} trainable), {config.optimizer} "
         f"(momentum {config.momentum}), {config.lr_schedule} learning rate "
         f"{config.scaled_learning_rate(global_batch * k):g}, {config.precision}")
     finetuning = config.finetune_after_epochs is not None
-    trainer = _trainer(config, model, optimizer, strategy, global_batch)
+    trainer = _trainer(task, data, config, model, optimizer, strategy, global_batch)
     if data.skipped and trainer.is_chief:
         trainer.add_hook("train_begin", lambda t, logs: t.write_scalars(
             "train", {"skipped_bad_examples": float(len(data.skipped))}, t.global_step))
     trainer.restore()
     if trainer.is_chief:
-        save_run_files(config.model_dir, model, image_shape=data.image_shape, class_names=data.class_names,
-                       normalize=data.normalize)
+        save_run_files(config.model_dir, model, task=task.name, **data.info)
+    backbone = data.runtime.get("backbone")
     return Run(config, trainer, train_input, data.eval_data, backbone=backbone if finetuning else None,
-               schedule=schedule)
+               schedule=schedule, task=task, data=data)
 
 
-def _load_data(config: TrainConfig, global_batch: int, progress: bool) -> tuple[images.ImagePipelines, str]:
-    """--train_data/--eval_data through datasets.images, or CIFAR-10 from --data_dir; returns (pipelines, source)."""
-    if config.train_data:
-        # --cache=none streams TFRecords from disk; the other modes hold the bytes anyway.
-        keep_bytes = config.cache != "none"
-        train = sources.image_source(config.train_data, keep_bytes=keep_bytes)
-        eval_index = (sources.image_source(config.eval_data, train.class_names, keep_bytes=keep_bytes)
-                      if config.eval_data else None)
-        if eval_index is not None and eval_index.num_classes != train.num_classes:
-            raise ValueError(f"--eval_data={config.eval_data} has {eval_index.num_classes} classes but "
-                             f"--train_data={config.train_data} has {train.num_classes}")
-        p = images.build(train, eval_index, global_batch_size=global_batch, seed=config.seed,
-                         augment_names=config.augment, image_size=config.image_size or None, cache=config.cache,
-                         normalize=config.normalize, skip_bad=config.skip_bad_examples, progress=progress)
-        return p, f"{config.train_data} (cache {config.cache})"
-    data = cifar10.load(config.data_dir, skip_bad=config.skip_bad_examples, progress=progress)
-    recipe, per_image = augment.parse_recipe(config.augment)
-    if per_image:
-        raise ValueError("--augment=imagenet needs --train_data (image files); CIFAR-10 from --data_dir is 32x32")
-    spec = {"kind": "channel", "mean": list(augment.CIFAR10_MEAN), "std": list(augment.CIFAR10_STD)}
-    train_fn = in_memory.train_dataset_fn(data.train.images, data.train.labels, global_batch_size=global_batch,
-                                          seed=config.seed, recipe=recipe)
-    eval_data = in_memory.eval_dataset(data.test.images, data.test.labels, global_batch_size=global_batch)
-    steps = in_memory.steps_per_epoch(len(data.train.labels), global_batch)
-    pipelines = images.ImagePipelines(
-        train_fn=train_fn, steps_per_epoch=steps, eval_data=eval_data, image_shape=data.train.images.shape[1:],
-        normalize=spec, class_names=cifar10.CLASS_NAMES, num_train=len(data.train.labels),
-        num_eval=len(data.test.labels), skipped=list(data.skipped))
-    return pipelines, data.source
-
-
-def _trainer(config: TrainConfig, model, optimizer, strategy, global_batch: int, model_dir: str | None = None):
+def _trainer(task: tasks.Task, data: tasks.TaskData, config: TrainConfig, model, optimizer, strategy,
+             global_batch: int, model_dir: str | None = None) -> Trainer:
+    """The task's Trainer with the engine options and hooks the flags ask for."""
     model_dir = model_dir or config.model_dir
     hooks: list[object] = [hooks_lib.HistoryLogger(model_dir)]
     if config.early_stopping_patience:
@@ -188,10 +172,8 @@ def _trainer(config: TrainConfig, model, optimizer, strategy, global_batch: int,
         hooks.append(hooks_lib.Profiler(os.path.join(model_dir, "train"), *config.profile_steps))
     if config.max_time:
         hooks.append(hooks_lib.MaxTime(config.max_time))
-    return Trainer(
-        model=model, optimizer=optimizer,
-        loss=sparse_categorical_crossentropy(label_smoothing=config.label_smoothing),
-        eval_loss=sparse_categorical_crossentropy(),
+    return task.trainer(
+        config, model=model, optimizer=optimizer, data=data,
         global_batch_size=global_batch, strategy=strategy, model_dir=model_dir,
         steps_per_loop=config.steps_per_loop, checkpoint_every_steps=config.checkpoint_every_steps,
         keep_checkpoints=config.keep_checkpoints, nonfinite_limit=config.nonfinite_limit or None,
@@ -202,52 +184,19 @@ def _trainer(config: TrainConfig, model, optimizer, strategy, global_batch: int,
         jit_compile=config.jit_compile, max_rollbacks=None if config.max_rollbacks < 0 else config.max_rollbacks)
 
 
-def _build_model(config: TrainConfig, image_shape, num_classes: int,
-                 normalize: dict) -> tuple[keras.Model, keras.Model | None]:
-    """The --model network, or a transfer model on --backbone; returns (model, backbone or None)."""
-    if not config.backbone:
-        return models.build(config.model, num_classes=num_classes, input_shape=tuple(int(d) for d in image_shape),
-                            weight_decay=config.weight_decay), None
-    preprocess = []
-    if config.backbone in transfer.APPLICATIONS:
-        shape = (*(config.resize_to or image_shape[:2]), 3)
-        backbone = transfer.applications_backbone(config.backbone, input_shape=shape, weights=config.backbone_weights)
-        # The pipeline normalises images; the application wants its own preprocessing of [0, 255] pixels.
-        preprocess = [_undo_normalization(normalize), transfer.ApplicationPreprocess(config.backbone)]
-    else:
-        backbone = transfer.saved_backbone(config.backbone, transfer.parse_cut(config.backbone_cut))
-    model = transfer.transfer_model(backbone, num_classes=num_classes, input_shape=tuple(image_shape),
-                                    resize_to=config.resize_to or None, dropout=config.dropout, preprocess=preprocess)
-    return model, backbone
-
-
-def _undo_normalization(spec: dict) -> keras.layers.Layer:
-    """A layer mapping the pipeline's normalised images back to [0, 255] pixels."""
-    kind = spec.get("kind", "channel")
-    if kind == "channel":
-        return keras.layers.Normalization(mean=spec["mean"], variance=[s * s for s in spec["std"]], invert=True)
-    if kind == "unit":
-        return keras.layers.Rescaling(255.0)
-    if kind == "imagenet":
-        return keras.layers.Normalization(mean=[-m for m in augment.IMAGENET_MEAN], variance=[1.0, 1.0, 1.0])
-    raise ValueError(f"--normalize={kind} cannot be undone for a keras.applications backbone; use channel, "
-                     "unit or imagenet")
-
-
 RUN_JSON = "run.json"
 MODEL_FILE = "model.keras"
 
 
-def save_run_files(model_dir: str, model: keras.Model, *, image_shape, class_names, normalize: dict) -> None:
+def save_run_files(model_dir: str, model: keras.Model, **info) -> None:
     """Writes what export, predict and evaluate need beside the checkpoints.
 
     `model.keras` holds the architecture (its weights come from a checkpoint) and
-    `run.json` the input shape, class names and normalisation of the run.
+    `run.json` the task's `info` (for classification: the task name, input
+    shape, class names and normalisation of the run).
     """
     os.makedirs(model_dir, exist_ok=True)
     model.save(os.path.join(model_dir, MODEL_FILE))
-    info = {"image_shape": [int(d) for d in image_shape], "class_names": list(class_names),
-            "normalize": normalize}
     with open(os.path.join(model_dir, RUN_JSON), "w") as f:
         json.dump(info, f, indent=1)
 

@@ -9,11 +9,15 @@ from __future__ import annotations
 from absl import flags
 
 from engine.distribution import STRATEGIES
+from launch import tasks
 from models import MODEL_NAMES
 
 
 def define_train_flags() -> None:
     """Defines the flags of launch.train (idempotent per process is not needed: call once)."""
+    flags.DEFINE_enum("task", "classification", tasks.names(), "What to train: each task is one file in "
+                      "launch/tasks/ with its data, model, loss, metrics and flags.")
+    tasks.define_flags()
     flags.DEFINE_string("data_dir", None, "CIFAR-10 folder: train.csv/test.csv, train/ and test/ class folders, "
                         "cifar-10-python.tar.gz, cifar-10-batches-py/ or cifar-10-batches-bin/. "
                         "Unset: Keras's download cache.")

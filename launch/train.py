@@ -17,6 +17,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 from absl import app, flags, logging  # noqa: E402
 
 from launch import flags as launch_flags  # noqa: E402
+from launch import tasks  # noqa: E402
 from launch.config import TrainConfig, parse_floats  # noqa: E402
 
 FLAGS = flags.FLAGS
@@ -75,7 +76,8 @@ def config_from_flags() -> TrainConfig:
         early_stopping_min_delta=FLAGS.early_stopping_min_delta, restore_best=FLAGS.restore_best,
         histogram_every_epochs=FLAGS.histogram_every_epochs,
         profile_steps=tuple(int(v) for v in parse_floats("profile_steps", FLAGS.profile_steps)),
-        max_time=FLAGS.max_time)
+        max_time=FLAGS.max_time, task=FLAGS.task,
+        task_options=tuple(sorted(tasks.get(FLAGS.task).options(FLAGS).items())))
 
 
 def main(argv: list[str]) -> None:
@@ -86,7 +88,7 @@ def main(argv: list[str]) -> None:
     from launch import experiment  # TensorFlow loads here, after the flags parsed.
 
     try:
-        run = experiment.prepare(config_from_flags())
+        run = experiment.prepare(config_from_flags())  # Bad flags fail here, before TensorFlow starts work.
     except ValueError as e:
         # Bad input: one clear line, nothing trained or written.
         sys.exit(f"launch.train: error: {e}")

@@ -52,13 +52,14 @@ def _train(model, train, test, folder, *, epochs, lr_boundaries):
     import keras
 
     from datasets import in_memory
-    from engine import EpochInput, Trainer, piecewise_constant_by_epoch
+    from engine import EpochInput, Trainer, piecewise_constant_by_epoch, sparse_accuracy
 
     batch = FLAGS.batch_size
     steps = in_memory.steps_per_epoch(len(train.labels), batch)
     optimizer = keras.optimizers.SGD(piecewise_constant_by_epoch(0.1 * batch / 128, lr_boundaries, [0.1, 0.01],
                                                                  steps), momentum=0.9)
     trainer = Trainer(model=model, optimizer=optimizer, global_batch_size=batch, model_dir=folder,
+                      metrics=sparse_accuracy,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
                       steps_per_loop=20, progress=False, best_metric=None)
     train_input = EpochInput(in_memory.train_dataset_fn(train.images, train.labels, global_batch_size=batch,

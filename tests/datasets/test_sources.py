@@ -8,7 +8,7 @@ import pytest
 import tensorflow as tf
 
 from datasets import images, in_memory, sources, tfrecord
-from engine import DatasetInput, EpochInput, Trainer
+from engine import DatasetInput, EpochInput, Trainer, sparse_accuracy
 
 SIZE, CLASSES = 8, 3
 
@@ -38,7 +38,7 @@ def _write_csv(csv_path, rows):
 def _fit(train_input, model, steps=3, batch=6):
     """Trains `steps` steps; returns (trainer, weights before)."""
     optimizer = keras.optimizers.SGD(0.05)
-    trainer = Trainer(model=model, optimizer=optimizer, global_batch_size=batch, progress=False,
+    trainer = Trainer(metrics=sparse_accuracy, model=model, optimizer=optimizer, global_batch_size=batch, progress=False,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None))
     before = [w.copy() for w in model.get_weights()]
     history = trainer.fit(train_input, train_steps=steps)

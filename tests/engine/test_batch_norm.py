@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from engine import Trainer, batch_norm
+from engine import Trainer, batch_norm, sparse_accuracy
 from engine.losses import sparse_categorical_crossentropy
 
 
@@ -201,7 +201,7 @@ def test_trainer_with_fused_kernel_trains_as_with_keras_batch_norm(replicas, two
             model = _conv_bn_model()
             optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
         start = [w.numpy() for w in model.weights]
-        trainer = Trainer(model=model, optimizer=optimizer, loss=sparse_categorical_crossentropy(), strategy=strategy,
+        trainer = Trainer(metrics=sparse_accuracy, model=model, optimizer=optimizer, loss=sparse_categorical_crossentropy(), strategy=strategy,
                           global_batch_size=8, steps_per_loop=3, progress=False, fused_batch_norm=fused)
         trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), train_steps=6)
         weights[fused] = [w.numpy() for w in model.weights]

@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from datasets import augment, in_memory
-from engine import EpochInput, Trainer
+from engine import EpochInput, Trainer, sparse_accuracy
 from engine.losses import sparse_categorical_crossentropy
 from engine.optimizers import OPTIMIZERS, build_optimizer
 from tests.engine.test_batch_norm import _conv_bn_model, _conv_data
@@ -38,7 +38,7 @@ def _trainer(strategy=None, *, optimizer=None, batch=16, **kwargs):
     with strategy.scope():
         model = _mlp()
         optimizer = optimizer() if callable(optimizer) else keras.optimizers.SGD(0.1, momentum=0.9)
-    return Trainer(model=model, optimizer=optimizer, strategy=strategy, global_batch_size=batch, progress=False,
+    return Trainer(metrics=sparse_accuracy, model=model, optimizer=optimizer, strategy=strategy, global_batch_size=batch, progress=False,
                    loss=sparse_categorical_crossentropy(), **kwargs)
 
 
@@ -259,7 +259,7 @@ def test_xla_compiled_steps_train_and_evaluate_as_without(replicas, two_replicas
         with strategy.scope():
             model = _conv_bn_model()
             optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
-        trainer = Trainer(model=model, optimizer=optimizer, loss=sparse_categorical_crossentropy(), strategy=strategy,
+        trainer = Trainer(metrics=sparse_accuracy, model=model, optimizer=optimizer, loss=sparse_categorical_crossentropy(), strategy=strategy,
                           global_batch_size=8, steps_per_loop=3, progress=False, jit_compile=jit)
         trainer.fit(data, train_steps=6)
         assert (_xla_functions(trainer) > 0) == jit

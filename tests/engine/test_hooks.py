@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from datasets import augment, in_memory
-from engine import EpochInput, Trainer
+from engine import EpochInput, Trainer, sparse_accuracy
 from engine import hooks as hooks_lib
 from engine import schedules
 from engine.losses import sparse_categorical_crossentropy
@@ -29,7 +29,7 @@ def _trainer(model_dir=None, hooks=(), lr=0.1, **kwargs):
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((FEATURES,)), keras.layers.Dense(CLASSES)])
     optimizer = keras.optimizers.SGD(schedules.Constant(lr) if kwargs.pop("schedule", False) else lr)
-    return Trainer(model=model, optimizer=optimizer, global_batch_size=GB, model_dir=model_dir, progress=False,
+    return Trainer(metrics=sparse_accuracy, model=model, optimizer=optimizer, global_batch_size=GB, model_dir=model_dir, progress=False,
                    loss=sparse_categorical_crossentropy(), hooks=hooks, **kwargs)
 
 

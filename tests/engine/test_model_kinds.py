@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from engine import Trainer
+from engine import Trainer, sparse_accuracy
 from engine.export import export_classifier
 
 N, GB, CLASSES = 64, 16, 3
@@ -97,7 +97,7 @@ def test_exported_model_predicts_what_the_trainer_evaluates(tmp_path):
     ds = tf.data.Dataset.from_tensor_slices((images, labels)).batch(8).map(lambda a, b: (preprocess(a), b))
     keras.utils.set_random_seed(2)
     model = _build("functional", 2)
-    trainer = Trainer(model=model, optimizer=keras.optimizers.SGD(0.3), global_batch_size=8, progress=False,
+    trainer = Trainer(metrics=sparse_accuracy, model=model, optimizer=keras.optimizers.SGD(0.3), global_batch_size=8, progress=False,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None))
     trainer.fit(ds, epochs=3)
     evaluation = trainer.evaluate(ds)

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from engine import Trainer, replica_state
+from engine import Trainer, replica_state, sparse_accuracy
 from engine.losses import sparse_categorical_crossentropy
 
 N, SIZE, CLASSES, GB = 64, 8, 3, 16
@@ -45,7 +45,7 @@ def _trainer(strategy, **kwargs):
     with strategy.scope():
         model = _model()
         optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
-    return Trainer(model=model, optimizer=optimizer, strategy=strategy, global_batch_size=GB, progress=False,
+    return Trainer(metrics=sparse_accuracy, model=model, optimizer=optimizer, strategy=strategy, global_batch_size=GB, progress=False,
                    loss=sparse_categorical_crossentropy(), **kwargs)
 
 

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from datasets import in_memory
-from engine import EpochInput, Trainer, piecewise_constant_by_epoch
+from engine import EpochInput, Trainer, piecewise_constant_by_epoch, sparse_accuracy
 from engine.trainer import NonFiniteError
 from tests.engine.test_trainer import GB, N, _data, _small_cnn
 
@@ -26,17 +26,20 @@ class RecordingTrainer(Trainer):
         self.nan_calls = tf.constant(list(nan_calls) or [-1], tf.int64)
         self.nan_replica = nan_replica
 
-    def compute_loss(self, labels, outputs):
-        loss, per_example = super().compute_loss(labels % 3, outputs)
+    def compute_loss(self, x, y, y_pred, sample_weight):
+        losses = super().compute_loss(x, y % 3, y_pred, sample_weight)
         poisoned = tf.reduce_any(tf.equal(self.calls, self.nan_calls))
         if self.nan_replica is not None:
             ctx = tf.distribute.get_replica_context()
             poisoned = tf.logical_and(poisoned, tf.equal(ctx.replica_id_in_sync_group, self.nan_replica))
-        return tf.where(poisoned, np.nan, loss), per_example
+        return tf.where(poisoned, np.nan, losses)
 
-    def train_step(self, inputs):
-        super().train_step(inputs)
-        self.seen.assign_add(tf.math.bincount(inputs[1], minlength=self.seen.shape[0], maxlength=self.seen.shape[0]))
+    def update_metrics(self, x, y, y_pred, sample_weight):
+        super().update_metrics(x, y % 3, y_pred, sample_weight)
+
+    def train_step(self, data):
+        super().train_step(data)
+        self.seen.assign_add(tf.math.bincount(data[1], minlength=self.seen.shape[0], maxlength=self.seen.shape[0]))
         self.calls.assign_add(1)  # ONLY_FIRST_REPLICA: one count per step
 
 
@@ -45,7 +48,7 @@ def _recording(strategy=None, learning_rate=0.05, **kwargs):
     with strategy.scope():
         model = _small_cnn()
         optimizer = keras.optimizers.SGD(learning_rate, momentum=0.9)
-    return RecordingTrainer(model=model, optimizer=optimizer, strategy=strategy, global_batch_size=GB,
+    return RecordingTrainer(metrics=sparse_accuracy, model=model, optimizer=optimizer, strategy=strategy, global_batch_size=GB,
                             loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
                             progress=False, **kwargs)
 

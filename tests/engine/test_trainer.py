@@ -11,7 +11,7 @@ import pytest
 import tensorflow as tf
 
 from datasets import in_memory
-from engine import DatasetInput, EpochInput, Trainer, piecewise_constant_by_epoch
+from engine import DatasetInput, EpochInput, Trainer, piecewise_constant_by_epoch, sparse_accuracy
 
 N, SIZE, CLASSES, GB = 96, 8, 3, 16
 
@@ -43,7 +43,7 @@ def _trainer(strategy=None, model_dir=None, weights=None, lr=0.05, **kwargs):
             model.set_weights(weights)
         schedule = piecewise_constant_by_epoch(lr, [2], [0.1], steps_per_epoch=N // GB)
         optimizer = keras.optimizers.SGD(schedule, momentum=0.9)
-    return Trainer(model=model, optimizer=optimizer, strategy=strategy, model_dir=model_dir,
+    return Trainer(metrics=sparse_accuracy, model=model, optimizer=optimizer, strategy=strategy, model_dir=model_dir,
                    loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
                    global_batch_size=GB, progress=False, **kwargs)
 
@@ -132,7 +132,7 @@ def test_checkpoint_of_another_model_is_refused_and_kept(tmp_path):
     before = sorted(os.listdir(tmp_path))
     with tf.distribute.get_strategy().scope():
         other = keras.Sequential([keras.Input((SIZE, SIZE, 3)), keras.layers.Flatten(), keras.layers.Dense(5)])
-    trainer = Trainer(model=other, optimizer=keras.optimizers.SGD(0.1), global_batch_size=GB,
+    trainer = Trainer(metrics=sparse_accuracy, model=other, optimizer=keras.optimizers.SGD(0.1), global_batch_size=GB,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
                       model_dir=str(tmp_path), progress=False)
     with pytest.raises(ValueError, match=r"checkpoint .*ckpt-2 does not match this model"):

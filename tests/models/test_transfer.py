@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from engine import Trainer
+from engine import Trainer, sparse_accuracy
 from models import transfer
 
 
@@ -16,7 +16,7 @@ def _train_a_few_steps(model, steps=3, size=32, classes=4):
     x = rng.normal(size=(32, size, size, 3)).astype(np.float32)
     y = rng.integers(0, classes, 32).astype(np.int32)
     ds = tf.data.Dataset.from_tensor_slices((x, y)).batch(8, drop_remainder=True)
-    trainer = Trainer(model=model, optimizer=keras.optimizers.SGD(0.1, momentum=0.9), global_batch_size=8,
+    trainer = Trainer(metrics=sparse_accuracy, model=model, optimizer=keras.optimizers.SGD(0.1, momentum=0.9), global_batch_size=8,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
                       progress=False)
     trainer.fit(ds, train_steps=steps)

@@ -1,0 +1,122 @@
+"""Image classification: today's CIFAR-10 path (ResNet or a transfer head), cross-entropy and accuracy.
+
+    python -m launch.train --flagfile=launch/cifar.flags --data_dir=../shared/data/cifar10
+
+Data: CIFAR-10 from --data_dir in any of its forms, or any image source from
+--train_data/--eval_data (class folders, CSV index, TFRecords). Model: --model
+(ResNet for CIFAR, He et al. 2016) or a head on --backbone. Loss: sparse
+cross-entropy with --label_smoothing in training (none in evaluation). Metrics:
+accuracy. Saves the class names and normalisation in run.json, so launch.export,
+launch.predict and launch.evaluate serve the model as trained.
+"""
+
+from __future__ import annotations
+
+import keras
+
+import models
+from datasets import augment, cifar10, images, in_memory, sources
+from engine import Trainer, sparse_accuracy
+from engine.losses import sparse_categorical_crossentropy
+from launch.tasks.base import Task, TaskData
+from models import transfer
+
+
+class Classification(Task):
+    name = "classification"
+    metrics = ("accuracy",)
+
+    def data(self, config, global_batch: int, progress: bool) -> TaskData:
+        pipelines, source = load_images(config, global_batch, progress)
+        return TaskData(train_fn=pipelines.train_fn, steps_per_epoch=pipelines.steps_per_epoch,
+                        eval_data=pipelines.eval_data, input_shape=tuple(int(d) for d in pipelines.image_shape),
+                        num_train=pipelines.num_train, num_eval=pipelines.num_eval, source=source,
+                        skipped=list(pipelines.skipped),
+                        info={"image_shape": [int(d) for d in pipelines.image_shape],
+                              "class_names": list(pipelines.class_names), "normalize": pipelines.normalize})
+
+    def model(self, config, data: TaskData) -> keras.Model:
+        model, backbone = build_classifier(config, data.input_shape, len(data.info["class_names"]),
+                                           data.info["normalize"])
+        data.runtime["backbone"] = backbone  # launch.experiment unfreezes it for --finetune_after_epochs
+        return model
+
+    def model_label(self, config, model) -> str:
+        return config.backbone or config.model
+
+    def loss(self, config):
+        return sparse_categorical_crossentropy(label_smoothing=config.label_smoothing)
+
+    def trainer(self, config, *, model, optimizer, data, **kwargs):
+
+        return Trainer(model=model, optimizer=optimizer, loss=self.loss(config),
+                       eval_loss=sparse_categorical_crossentropy(), metrics=sparse_accuracy, **kwargs)
+
+
+TASK = Classification()
+
+
+def load_images(config, global_batch: int, progress: bool) -> tuple[images.ImagePipelines, str]:
+    """--train_data/--eval_data through datasets.images, or CIFAR-10 from --data_dir; returns (pipelines, source)."""
+    if config.train_data:
+        # --cache=none streams TFRecords from disk; the other modes hold the bytes anyway.
+        keep_bytes = config.cache != "none"
+        train = sources.image_source(config.train_data, keep_bytes=keep_bytes)
+        eval_index = (sources.image_source(config.eval_data, train.class_names, keep_bytes=keep_bytes)
+                      if config.eval_data else None)
+        if eval_index is not None and eval_index.num_classes != train.num_classes:
+            raise ValueError(f"--eval_data={config.eval_data} has {eval_index.num_classes} classes but "
+                             f"--train_data={config.train_data} has {train.num_classes}")
+        p = images.build(train, eval_index, global_batch_size=global_batch, seed=config.seed,
+                         augment_names=config.augment, image_size=config.image_size or None, cache=config.cache,
+                         normalize=config.normalize, skip_bad=config.skip_bad_examples, progress=progress)
+        return p, f"{config.train_data} (cache {config.cache})"
+    data = cifar10.load(config.data_dir, skip_bad=config.skip_bad_examples, progress=progress)
+    recipe, per_image = augment.parse_recipe(config.augment)
+    if per_image:
+        raise ValueError("--augment=imagenet needs --train_data (image files); CIFAR-10 from --data_dir is 32x32")
+    spec = {"kind": "channel", "mean": list(augment.CIFAR10_MEAN), "std": list(augment.CIFAR10_STD)}
+    train_fn = in_memory.train_dataset_fn(data.train.images, data.train.labels, global_batch_size=global_batch,
+                                          seed=config.seed, recipe=recipe)
+    eval_data = in_memory.eval_dataset(data.test.images, data.test.labels, global_batch_size=global_batch)
+    steps = in_memory.steps_per_epoch(len(data.train.labels), global_batch)
+    pipelines = images.ImagePipelines(
+        train_fn=train_fn, steps_per_epoch=steps, eval_data=eval_data, image_shape=data.train.images.shape[1:],
+        normalize=spec, class_names=cifar10.CLASS_NAMES, num_train=len(data.train.labels),
+        num_eval=len(data.test.labels), skipped=list(data.skipped))
+    return pipelines, data.source
+
+
+
+def build_classifier(config, image_shape, num_classes: int,
+                     normalize: dict) -> tuple[keras.Model, keras.Model | None]:
+    """The --model network, or a transfer model on --backbone; returns (model, backbone or None)."""
+    if not config.backbone:
+        return models.build(config.model, num_classes=num_classes, input_shape=tuple(int(d) for d in image_shape),
+                            weight_decay=config.weight_decay), None
+    preprocess = []
+    if config.backbone in transfer.APPLICATIONS:
+        shape = (*(config.resize_to or image_shape[:2]), 3)
+        backbone = transfer.applications_backbone(config.backbone, input_shape=shape, weights=config.backbone_weights)
+        # The pipeline normalises images; the application wants its own preprocessing of [0, 255] pixels.
+        preprocess = [_undo_normalization(normalize), transfer.ApplicationPreprocess(config.backbone)]
+    else:
+        backbone = transfer.saved_backbone(config.backbone, transfer.parse_cut(config.backbone_cut))
+    model = transfer.transfer_model(backbone, num_classes=num_classes, input_shape=tuple(image_shape),
+                                    resize_to=config.resize_to or None, dropout=config.dropout, preprocess=preprocess)
+    return model, backbone
+
+
+def _undo_normalization(spec: dict) -> keras.layers.Layer:
+    """A layer mapping the pipeline's normalised images back to [0, 255] pixels."""
+    kind = spec.get("kind", "channel")
+    if kind == "channel":
+        return keras.layers.Normalization(mean=spec["mean"], variance=[s * s for s in spec["std"]], invert=True)
+    if kind == "unit":
+        return keras.layers.Rescaling(255.0)
+    if kind == "imagenet":
+        return keras.layers.Normalization(mean=[-m for m in augment.IMAGENET_MEAN], variance=[1.0, 1.0, 1.0])
+    raise ValueError(f"--normalize={kind} cannot be undone for a keras.applications backbone; use channel, "
+                     "unit or imagenet")
+
+
