@@ -593,10 +593,14 @@ class Trainer:
             raise ValueError(f"compute_loss returned a scalar (shape {losses.shape}); return per-example losses "
                              "[batch, ...] and let the Trainer average them over the global batch")
         reference = tf.nest.flatten(y_pred)[0] if y_pred is not None else None
-        if reference is not None and reference.shape.rank and losses.shape[0] is not None \
-                and reference.shape[0] is not None and losses.shape[0] != reference.shape[0]:
-            raise ValueError(f"compute_loss returned losses of shape {losses.shape}, not led by the batch size "
-                             f"{reference.shape[0]} of the outputs (shape {reference.shape})")
+        if reference is not None and reference.shape.rank:
+            message = (f"compute_loss returned losses of shape {losses.shape}, not led by the batch size "
+                       f"{reference.shape[0]} of the outputs (shape {reference.shape})")
+            if losses.shape[0] is not None and reference.shape[0] is not None:
+                if losses.shape[0] != reference.shape[0]:
+                    raise ValueError(message)
+            else:  # A batch size known only when the step runs (e.g. a partial last batch).
+                tf.debugging.assert_equal(tf.shape(losses)[0], tf.shape(reference)[0], message=message)
         if sample_weight is not None:
             weight = tf.cast(sample_weight, tf.float32)
             while weight.shape.rank > losses.shape.rank and weight.shape[-1] == 1:
