@@ -315,3 +315,35 @@ def parse_profile_steps(values: Sequence[str] | None) -> tuple[int, int] | None:
     if not 0 <= start < stop:
         raise ValueError(f"--profile_steps={start},{stop}: need 0 <= start < stop")
     return start, stop
+
+
+def stateful_hooks(hooks) -> dict[str, object]:
+    """The hooks with get_state/set_state, keyed by position and class (stable across reruns of one job)."""
+    return {f"{i}:{type(h).__name__}": h for i, h in enumerate(hooks) if hasattr(h, "get_state")}
+
+
+def save_hook_state(hooks, model_dir: str, step: int) -> None:
+    """Writes the hooks' own state (patience counters, best values) for checkpoint `step`, atomically."""
+    stateful = stateful_hooks(hooks)
+    if not stateful:
+        return
+    state = {"step": step, "hooks": {key: h.get_state() for key, h in stateful.items()}}
+    path = os.path.join(model_dir, HOOK_STATE_FILE)
+    with open(path + ".tmp", "w") as f:
+        json.dump(state, f)
+    os.replace(path + ".tmp", path)
+
+
+def restore_hook_state(hooks, model_dir: str, step: int) -> None:
+    """Gives the hooks their state saved with checkpoint `step`, if that is what the file holds."""
+    stateful = stateful_hooks(hooks)
+    path = os.path.join(model_dir, HOOK_STATE_FILE)
+    if not stateful or not os.path.isfile(path):
+        return
+    with open(path) as f:
+        state = json.load(f)
+    if state.get("step") != step:
+        return  # Written for another checkpoint (e.g. one that was corrupt): start afresh.
+    for key, hook in stateful.items():
+        if key in state["hooks"]:
+            hook.set_state(state["hooks"][key])

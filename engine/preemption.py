@@ -16,6 +16,9 @@ import threading
 
 import tensorflow as tf
 
+from engine import distribution
+from engine.progress import EpochProgress
+
 _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
@@ -85,3 +88,32 @@ class StopRequest:
         self.flag.assign(True)
         # A second signal gets the previous behaviour (e.g. KeyboardInterrupt).
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
+
+
+def checkpoint_handler(trainer):
+    """TF's PreemptionCheckpointHandler for a multi_worker_mirrored Trainer's run, else None.
+
+    A SIGTERM to any worker makes all of them checkpoint at the same step (through
+    the coordination service) and exit with status 0; rerunning resumes there.
+    """
+    if not (trainer._multi_worker and trainer.checkpointer and
+            isinstance(trainer.strategy, tf.distribute.MultiWorkerMirroredStrategy)):
+        return None
+
+    meta = os.path.join(trainer.model_dir, ".preemption")
+
+    def save():
+        path = trainer._save(trainer.global_step)
+        if not trainer.is_chief:
+            # The handler deletes a non-chief's own temporary folder after save_fn.
+            os.makedirs(os.path.join(meta, f"workertemp_{distribution.worker_index(trainer.strategy)}"),
+                        exist_ok=True)
+        if trainer.is_chief:
+            EpochProgress.write(f"preempted: checkpoint {path} at step {trainer.global_step}; "
+                                "rerun the job to resume")
+
+    config = tf.distribute.experimental.TerminationConfig(exit_fn=lambda: os._exit(0), save_fn=save,
+                                                         grace_period=0)
+    # Its own folder only records its bookkeeping; the checkpoints are ours.
+    return tf.distribute.experimental.PreemptionCheckpointHandler(
+        trainer.strategy.cluster_resolver, tf.train.Checkpoint(), checkpoint_dir=meta, termination_config=config)

@@ -17,17 +17,10 @@ non-finite guard skipped.
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import functools
-import json
-import math
 import os
-import queue
 import re
-import sys
-import threading
-import time
 from typing import Callable, Mapping, Sequence
 
 from absl import logging
@@ -37,12 +30,16 @@ import numpy as np
 import tensorflow as tf
 
 from engine import batch_norm, distribution, replica_state
+from engine import hooks as hooks_lib
 from engine.checkpoint import BestCheckpoint, Checkpointer, remove_scratch
-from engine.hooks import HOOK_EVENTS, HOOK_STATE_FILE
-from engine.inputs import DatasetInput, EpochInput
-from engine.preemption import StopRequest
+from engine.controller import Controller
+from engine.hooks import HOOK_EVENTS
+from engine.inputs import DatasetInput, EpochInput, retire
+from engine.preemption import StopRequest, checkpoint_handler
 from engine.progress import EpochProgress, format_value
+from engine.rollback import NonFiniteError, NonFiniteGuard
 from engine.schedules import ScaledSchedule
+from engine.summaries import Summaries
 
 # Upper bound for the in-graph evaluation loop, which stops when the data ends.
 _MAX_EVAL_STEPS = 2**62
@@ -79,53 +76,6 @@ def _to_float32(outputs):
         lambda o: tf.cast(o, tf.float32) if o.dtype.is_floating and o.dtype != tf.float32 else o, outputs)
 
 
-_reaper: "tuple[queue.SimpleQueue, threading.Thread] | None" = None
-_REAPER_DONE = object()
-
-
-def _retire(iterator) -> None:
-    """Drops the last reference to a dataset iterator on a background thread.
-
-    Deleting a used tf.data iterator blocks for seconds here (2.7-3.9 s for an
-    exhausted epoch iterator, about 16 s for an endless one; TF 2.21, see
-    BUILD_NOTES.md), without using the CPU; on a background thread the next loop
-    runs meanwhile. At interpreter exit the thread finishes its deletions first
-    (a deletion cut off by the exit aborts the process). Returns None so callers
-    can write `it = _retire(it)`.
-    """
-    global _reaper
-    if iterator is None:
-        return None
-    if _reaper is None:
-        pending = queue.SimpleQueue()
-
-        def reap():
-            while True:
-                item = pending.get()
-                if item is _REAPER_DONE:
-                    return
-                # Wait until the caller has dropped its own reference, so the slow
-                # deletion happens here and not in the caller's thread.
-                deadline = time.monotonic() + 60
-                while sys.getrefcount(item) > 2 and time.monotonic() < deadline:
-                    time.sleep(0.01)
-                del item
-
-        thread = threading.Thread(target=reap, name="iterator-reaper", daemon=True)
-        thread.start()
-        _reaper = (pending, thread)
-        atexit.register(_finish_retiring)
-    _reaper[0].put(iterator)
-    return None
-
-
-def _finish_retiring() -> None:
-    """At exit: lets the reaper thread delete what it holds, then stops it."""
-    pending, thread = _reaper
-    pending.put(_REAPER_DONE)
-    thread.join(timeout=120)
-
-
 class _CallableHook:
     """A plain function fn(trainer, logs) called at one event."""
 
@@ -136,10 +86,6 @@ class _CallableHook:
         if name == f"on_{self.event}":
             return (lambda trainer: self.fn(trainer, {})) if self.event == "train_begin" else self.fn
         raise AttributeError(name)
-
-
-class NonFiniteError(RuntimeError):
-    """Training produced non-finite losses or gradients and cannot go on."""
 
 
 class Trainer:
@@ -387,7 +333,8 @@ class Trainer:
         self.restored_from: str | None = None  # checkpoint restored at start, if any
         self._last_saved_step: int | None = None
         self.stopped_by: str | None = None  # "SIGTERM" / "SIGINT" when fit stopped early on a signal
-        self._writers: dict[str, tf.summary.SummaryWriter] = {}
+        self.summaries = Summaries(model_dir, enabled=self.is_chief)
+        self.guard = NonFiniteGuard(self)
         # Parameter-server training: this process is the coordinator; it schedules
         # steps on the workers and evaluates itself.
         self._coordinator = (tf.distribute.coordinator.ClusterCoordinator(self.strategy)
@@ -950,7 +897,7 @@ class Trainer:
                 # A fresh iterator each time: evaluation always starts at the first batch.
                 iterator = iter(self.strategy.experimental_distribute_dataset(data))
                 self._eval_loop(iterator)
-                _retire(iterator)
+                retire(iterator)
         return {name: float(m.result()) for name, m in self.eval_metrics.items()}
 
     def fit(
@@ -1003,133 +950,14 @@ class Trainer:
             total = int(round(epochs * steps_per_epoch))
         else:
             raise ValueError(f"epochs={epochs} must be positive (or give train_steps)")
-        num_epochs = math.ceil(total / steps_per_epoch)
-
         self.build_model(train_input.element_spec)  # Before anything is restored or saved.
         self.restore()
         step = self.global_step
-        say = EpochProgress.write if self.is_chief else (lambda line: None)
         if self.restored_from and not self._announced:  # Once per Trainer.
-            say(f"restored {self.restored_from}: resuming at step {step} (epoch {step // steps_per_epoch + 1}, "
-                f"learning rate {self.learning_rate:.4g})")
+            self.say(f"restored {self.restored_from}: resuming at step {step} (epoch {step // steps_per_epoch + 1}, "
+                     f"learning rate {self.learning_rate:.4g})")
         self._announced = True
-        if self.nonfinite_limit and self.nonfinite_action == "rollback" and self.checkpointer \
-                and self.checkpointer.latest is None:
-            self._save(step)  # A rollback needs a checkpoint to go back to.
-        history: dict[str, list[float]] = {}
-        self.stopped_by = None
-        self._stop_reason = None
-        first_loop = True
-        iterator = None
-        cut_points = sorted({int(p) for h in self._hooks if hasattr(h, "stop_points")
-                             for p in h.stop_points(total)})
-        self._call_hooks("train_begin")
-        # A signal to one worker must not stop its loop alone (the others would wait
-        # in a collective forever), so multi-worker runs leave signals as they are.
-        preemption = self._preemption_handler()
-        with (self._stop if not self._multi_worker else contextlib.nullcontext()):
-            while step < total and not self.stopped_by:
-                epoch, start = divmod(step, steps_per_epoch)
-                epoch_end = min((epoch + 1) * steps_per_epoch, total)
-                if iterator is not None:
-                    iterator = _retire(iterator)
-                iterator = iter(train_input.distribute(self.strategy, epoch, start, self._coordinator))
-                for metric in self.train_metrics.values():
-                    metric.reset_state()
-                bar = EpochProgress(epoch=epoch, num_epochs=num_epochs, total_steps=epoch_end - epoch * steps_per_epoch,
-                                    initial_step=start, enabled=self.progress and self.is_chief)
-                examples, seconds, rolled_back = 0, 0.0, False
-                epoch_wait, epoch_time = 0.0, 0.0
-                try:
-                    while step < epoch_end:
-                        n = min(self.steps_per_loop, epoch_end - step)
-                        if self.checkpoint_every_steps:
-                            n = min(n, self.checkpoint_every_steps - step % self.checkpoint_every_steps)
-                        n = min([n] + [p - step for p in cut_points if p > step])
-                        t0 = time.perf_counter()
-                        skipped_before = self.nonfinite_steps
-                        self._run_loop(iterator, n)
-                        logs = {name: float(m.result()) for name, m in self.train_metrics.items()}
-                        dt = time.perf_counter() - t0  # Reading the metrics waited for the loop.
-                        wait = float(self._input_wait.numpy())
-                        self._input_wait.assign(0.0)
-                        done, step = self.global_step - step, self.global_step
-                        rate = done * self.global_batch_size / dt
-                        if not first_loop or step == epoch_end:  # The first loop also traces.
-                            examples, seconds = examples + done * self.global_batch_size, seconds + dt
-                        first_loop = False
-                        logs.update(learning_rate=self.learning_rate, examples_per_second=rate,
-                                    nonfinite_steps=self.nonfinite_steps)
-                        if not self._coordinator and not _op_determinism():
-                            # Share of the loop's time spent waiting for input.
-                            logs["input_wait_percent"] = 100.0 * wait / dt
-                        epoch_wait, epoch_time = epoch_wait + wait, epoch_time + dt
-                        if self.nonfinite_steps - skipped_before < done:
-                            # A loop of skipped steps only has nothing to plot: a diverged run
-                            # would write a summary per skipped loop.
-                            self._write_summaries("train", logs, step)
-                        bar.update(done, logs)
-                        if self._stop.signal_name or done < n:
-                            self.stopped_by = self._stop.signal_name or "signal"
-                            break
-                        if self.nonfinite_limit and int(self._nonfinite_streak.numpy()) >= self.nonfinite_limit:
-                            streak = int(self._nonfinite_streak.numpy())
-                            step, rolled_back = self._handle_nonfinite(
-                                step, f"{streak} non-finite steps in a row up to step {step}"), True
-                            break
-                        self._call_hooks("loop_end", dict(logs, step=step))
-                        if self._agree(self._stop_reason is not None):
-                            self.stopped_by = self._stop_reason or "another worker's hook"
-                            break
-                        if self.checkpoint_every_steps and step % self.checkpoint_every_steps == 0:
-                            if not self._state_finite():
-                                step, rolled_back = self._handle_nonfinite(step, self._nonfinite_state(step)), True
-                                break
-                            if not self._in_streak():
-                                self._save(step)
-                        if preemption:  # All workers call it at the same steps, as it requires.
-                            preemption.save_checkpoint_if_preempted()
-                finally:
-                    bar.close()
-                if not rolled_back and not self._state_finite():
-                    step, rolled_back = self._handle_nonfinite(step, self._nonfinite_state(step)), True
-                if rolled_back:
-                    continue
-                # Weights in a non-finite streak are finite, but the last steps diverged from
-                # them: they would make a poor rollback target. Signals save anyway.
-                path = self._save(step) if self.stopped_by or not self._in_streak() else \
-                    (self.checkpointer.latest if self.checkpointer else None)
-                if self.stopped_by:
-                    cause = f"{self.stopped_by} received" if self.stopped_by.startswith("SIG") or \
-                        self.stopped_by == "signal" else self.stopped_by
-                    say(f"{cause}: stopped after step {step}; checkpoint {path}; rerun the same command to resume")
-                    break
-                logs["examples_per_second"] = examples / seconds if seconds else logs["examples_per_second"]
-                if "input_wait_percent" in logs:  # Over the whole epoch (first loop included).
-                    logs["input_wait_percent"] = 100.0 * epoch_wait / epoch_time
-                logs.update(step=step, epoch=step / steps_per_epoch)
-                if eval_data is not None:
-                    logs.update({f"eval_{k}": v for k, v in self._evaluate_and_log(eval_data, step).items()})
-                for name, value in logs.items():
-                    history.setdefault(name, []).append(value)
-                say(f"epoch {epoch + 1}/{num_epochs} step {step}: " +
-                    " ".join(f"{k}={format_value(v)}" for k, v in logs.items() if k not in ("step", "epoch")))
-                self._call_hooks("epoch_end", logs)
-                self._save_hook_state(step)  # The epoch's checkpoint came before its hooks ran.
-                if self._stop_reason:  # Epoch-end decisions (early stopping) agree: the eval metrics do.
-                    self.stopped_by = self._stop_reason
-                    say(f"{self._stop_reason}: stopped after step {step}; checkpoint {path}")
-        for writer in self._writers.values():
-            writer.flush()
-        if not history and eval_data is not None and not self.stopped_by:
-            # Nothing left to train: report where the run stands.
-            logs = {f"eval_{k}": v for k, v in self._evaluate_and_log(eval_data, step).items()}
-            logs.update(step=step, epoch=step / steps_per_epoch)
-            history = {k: [v] for k, v in logs.items()}
-            say(f"already at step {step} of {total}: " + " ".join(f"{k}={format_value(v)}" for k, v in logs.items()))
-        self._call_hooks("train_end", history)
-        _retire(iterator)
-        return history
+        return Controller(self, train_input, eval_data, total).run()
 
     # --- Hooks and run control (eager) -------------------------------------------------
 
@@ -1166,15 +994,11 @@ class Trainer:
 
     def write_scalars(self, split: str, values: Mapping[str, float], step: int) -> None:
         """Writes TensorBoard scalars to model_dir/<split> (chief only)."""
-        self._write_summaries(split, values, step)
+        self.summaries.scalars(split, values, step)
 
     def write_histograms(self, tensors: Mapping[str, tf.Tensor], step: int) -> None:
         """Writes TensorBoard histograms to model_dir/train (chief only)."""
-        if not self.model_dir or not self.is_chief:
-            return
-        with self._writer("train").as_default(step=step):
-            for name, value in tensors.items():
-                tf.summary.histogram(name, tf.convert_to_tensor(value))
+        self.summaries.histograms("train", tensors, step)
 
     def on_train_begin(self) -> None:
         """Subclass hook: before the first step of fit."""
@@ -1225,33 +1049,25 @@ class Trainer:
 
     # --- Eager helpers ----------------------------------------------------------------
 
-    def _preemption_handler(self):
-        """TF's PreemptionCheckpointHandler for multi_worker_mirrored runs, else None.
-
-        A SIGTERM to any worker makes all of them checkpoint at the same step (through
-        the coordination service) and exit with status 0; rerunning resumes there.
-        """
-        if not (self._multi_worker and self.checkpointer and
-                isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)):
+    def _take_input_wait(self) -> float | None:
+        """Seconds the compiled loops waited for input since the last call (None where not measured)."""
+        if self._coordinator or _op_determinism():
             return None
+        wait = float(self._input_wait.numpy())
+        self._input_wait.assign(0.0)
+        return wait
 
-        meta = os.path.join(self.model_dir, ".preemption")
+    def _preemption_handler(self):
+        return checkpoint_handler(self)
 
-        def save():
-            path = self._save(self.global_step)
-            if not self.is_chief:
-                # The handler deletes a non-chief's own temporary folder after save_fn.
-                os.makedirs(os.path.join(meta, f"workertemp_{distribution.worker_index(self.strategy)}"),
-                            exist_ok=True)
-            if self.is_chief:
-                EpochProgress.write(f"preempted: checkpoint {path} at step {self.global_step}; "
-                                    "rerun the job to resume")
+    def _save_hook_state(self, step: int) -> None:
+        """Writes the hooks' own state for checkpoint `step` (chief only; see engine/hooks.py)."""
+        if self.model_dir and self.is_chief:
+            hooks_lib.save_hook_state(self._hooks, self.model_dir, step)
 
-        config = tf.distribute.experimental.TerminationConfig(exit_fn=lambda: os._exit(0), save_fn=save,
-                                                             grace_period=0)
-        # Its own folder only records its bookkeeping; the checkpoints are ours.
-        return tf.distribute.experimental.PreemptionCheckpointHandler(
-            self.strategy.cluster_resolver, tf.train.Checkpoint(), checkpoint_dir=meta, termination_config=config)
+    def _restore_hook_state(self, step: int) -> None:
+        if self.model_dir:
+            hooks_lib.restore_hook_state(self._hooks, self.model_dir, step)
 
     def _run_loop(self, iterator, num_steps: int) -> None:
         if not self._coordinator:
@@ -1263,94 +1079,12 @@ class Trainer:
             self._coordinator.schedule(self._train_loop, args=(iterator, one))
         self._coordinator.join()
 
-    def _handle_nonfinite(self, step: int, where: str) -> int:
-        """After a divergence (`where` says what and at which step): stop, or roll back and lower the LR.
-
-        A rollback restores the newest checkpoint (every checkpoint is finite:
-        `_save` refuses others) and sets the learning-rate scale to the one the
-        run had when it diverged times `rollback_lr_factor`, so the factor
-        compounds across rollbacks instead of restarting from the checkpoint's
-        scale. The rollback count is kept the same way and saved with later
-        checkpoints.
-
-        Returns:
-          The step the run goes on from.
-
-        Raises:
-          NonFiniteError: with nonfinite_action="stop", without a checkpoint to
-            go back to, or after `max_rollbacks` rollbacks.
-        """
-        latest = self.checkpointer.latest if self.checkpointer else None
-        if self.nonfinite_action == "stop" or self.nonfinite_limit is None:
-            raise NonFiniteError(f"training diverged: {where}; stopped (last checkpoint: {latest or 'none'})")
-        if not latest:
-            raise NonFiniteError(f"training diverged: {where}, and there is no checkpoint to roll back to "
-                                 "(give a model_dir)")
-        done = int(self._rollbacks.numpy())
-        if self.max_rollbacks is not None and done >= self.max_rollbacks:
-            raise NonFiniteError(
-                f"training diverged: {where}, after {done} rollback(s) that each lowered the learning rate "
-                f"(now {self.learning_rate:.4g}, {self.learning_rate_scale:g} x the schedule); the newest "
-                f"checkpoint, {latest}, is finite. Try a lower learning rate, gradient clipping or a warm-up")
-        scale, total = self.learning_rate_scale, self.nonfinite_steps
-        rates = {name: float(np.asarray(o.learning_rate)) for name, o in self.optimizers.items()}
-        path = self.checkpointer.restore_latest()
-        if not self._state_finite():  # Written before checkpoints were checked.
-            raise NonFiniteError(f"training diverged: {where}, and checkpoint {path} holds NaN/Inf values; "
-                                 "remove it to roll back further")
-        self._lr_scale.assign(scale)
-        for name, opt in self.optimizers.items():
-            if not isinstance(opt._learning_rate, ScaledSchedule):
-                opt.learning_rate = rates[name]  # The checkpoint restored its own rate.
-        self.scale_learning_rate(self.rollback_lr_factor)
-        self._rollbacks.assign(done + 1)
-        self._nonfinite_total.assign(total)  # The count covers the whole run, rollbacks included.
-        self._nonfinite_streak.assign(0)
-        self._last_saved_step = self.global_step
-        if self.is_chief:
-            limit = f" of {self.max_rollbacks}" if self.max_rollbacks is not None else ""
-            EpochProgress.write(f"{where}: rollback {done + 1}{limit} to {path} (step {self.global_step}), "
-                                f"learning rate now {self.learning_rate:.4g}")
-        return self.global_step
-
-    def _in_streak(self) -> bool:
-        """Whether the latest steps were skipped as non-finite (the guard is on)."""
-        return self.nonfinite_limit is not None and int(self._nonfinite_streak.numpy()) > 0
-
-    def _checkpointed_floats(self) -> list[tf.Variable]:
-        """The float variables a checkpoint holds: model, optimizer, moving averages, accumulators."""
-        found, seen = [], set()
-        items = [[item] if isinstance(item, (tf.Variable, keras.Variable)) else getattr(item, "variables", [])
-                 for item in self.checkpoint_items().values()]
-        for v in [*self.model.variables, *(v for o in self.optimizers.values() for v in o.variables),
-                  *(s for _, s in self._ema_pairs), *self._accumulators, *(v for vs in items for v in vs)]:
-            v = v.value if isinstance(v, keras.Variable) else v  # The tf.Variable inside a Keras variable.
-            if id(v) not in seen and v.dtype.is_floating:
-                seen.add(id(v))
-                found.append(v)
-        return found
-
-    def _state_finite(self) -> bool:
-        """Whether every float variable that a checkpoint would hold is finite (one compiled pass)."""
-        variables = self._checkpointed_floats()
-        if not variables:
-            return True
-        if not hasattr(self, "_all_finite"):
-            self._all_finite = tf.function(
-                lambda vs: tf.reduce_all(tf.stack([tf.reduce_all(tf.math.is_finite(v)) for v in vs])))
-        return bool(self._all_finite(variables))
-
-    def _nonfinite_state(self, step: int) -> str:
-        """Says which variables are NaN/Inf at `step` (the first three)."""
-        bad = [v.name for v in self._checkpointed_floats() if not np.all(np.isfinite(np.asarray(v.numpy())))]
-        return f"NaN/Inf in {len(bad)} variable(s) ({', '.join(bad[:3])}) at step {step}"
-
     def _evaluate_and_log(self, eval_data, step: int) -> dict[str, float]:
         results = self.evaluate(eval_data)
-        self._write_summaries("eval", results, step)
+        self.summaries.scalars("eval", results, step)
         with self.ema_weights():  # The best checkpoint holds the weights that were evaluated.
             # Weights with NaN/Inf are never kept, whatever their metric says.
-            improved = self.best and not self._in_streak() and self._state_finite() and \
+            improved = self.best and not self.guard.in_streak() and self.guard.state_finite() and \
                 self.best.update(step, {f"eval_{k}": v for k, v in results.items()})
         if improved:
             if self.is_chief:
@@ -1369,8 +1103,8 @@ class Trainer:
         if not self.checkpointer:
             return None
         if step != self._last_saved_step:
-            if not self._state_finite():
-                raise NonFiniteError(f"checkpoint not written: {self._nonfinite_state(step)}; the newest finite "
+            if not self.guard.state_finite():
+                raise NonFiniteError(f"checkpoint not written: {self.guard.describe(step)}; the newest finite "
                                      f"checkpoint is {self.checkpointer.latest or 'none'}")
             self.checkpointer.save(step)
             self._last_saved_step = step
@@ -1394,8 +1128,8 @@ class Trainer:
         """
         if not self.model_dir:
             return None
-        if not self._state_finite():
-            raise NonFiniteError(f"weights {name} not written: {self._nonfinite_state(self.global_step)}")
+        if not self.guard.state_finite():
+            raise NonFiniteError(f"weights {name} not written: {self.guard.describe(self.global_step)}")
         weights = tf.train.Checkpoint(model=self.model)
         if self._scratch:
             weights.write(os.path.join(self._scratch, name))
@@ -1419,44 +1153,3 @@ class Trainer:
         tf.train.Checkpoint(model=self.model).read(prefix).assert_existing_objects_matched()
         return True
 
-    def _hook_state_path(self) -> str:
-        return os.path.join(self.model_dir, HOOK_STATE_FILE)
-
-    def _stateful_hooks(self) -> dict[str, object]:
-        return {f"{i}:{type(h).__name__}": h for i, h in enumerate(self._hooks) if hasattr(h, "get_state")}
-
-    def _save_hook_state(self, step: int) -> None:
-        """Writes the hooks' own state (patience counters, best values) for checkpoint `step` (chief only)."""
-        hooks = self._stateful_hooks()
-        if not hooks or not self.model_dir or not self.is_chief:
-            return
-        state = {"step": step, "hooks": {key: h.get_state() for key, h in hooks.items()}}
-        tmp = self._hook_state_path() + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(state, f)
-        os.replace(tmp, self._hook_state_path())
-
-    def _restore_hook_state(self, step: int) -> None:
-        """Gives the hooks their state saved with checkpoint `step`, if that is what the file holds."""
-        hooks = self._stateful_hooks()
-        if not hooks or not os.path.isfile(self._hook_state_path()):
-            return
-        with open(self._hook_state_path()) as f:
-            state = json.load(f)
-        if state.get("step") != step:
-            return  # Written for another checkpoint (e.g. one that was corrupt): start afresh.
-        for key, hook in hooks.items():
-            if key in state["hooks"]:
-                hook.set_state(state["hooks"][key])
-
-    def _writer(self, split: str) -> tf.summary.SummaryWriter:
-        if split not in self._writers:
-            self._writers[split] = tf.summary.create_file_writer(os.path.join(self.model_dir, split))
-        return self._writers[split]
-
-    def _write_summaries(self, split: str, logs: Mapping[str, float], step: int) -> None:
-        if not self.model_dir or not self.is_chief:
-            return
-        with self._writer(split).as_default(step=step):
-            for name, value in logs.items():
-                tf.summary.scalar(name, value)

@@ -1,0 +1,200 @@
+"""The outer loop of training, in the spirit of Orbit's Controller: loops of steps, then actions.
+
+`Controller.run` drives a Trainer from its current step to a total: per epoch
+it opens the distributed iterator and the progress bar; per loop it runs the
+Trainer's compiled loop of up to `steps_per_loop` steps, reads the metrics and
+the timing, then runs the actions between loops in a fixed order:
+
+    summaries -> progress bar -> signal stop -> non-finite rollback -> hooks'
+    loop_end -> agreed hook stop -> periodic checkpoint -> preemption
+
+and at each epoch end: finite check (or rollback) -> checkpoint -> evaluation
+and best checkpoint -> history -> the epoch line -> hooks' epoch_end -> hook
+state. Everything numeric runs in the Trainer's compiled functions; this module
+is eager Python: it decides, the Trainer computes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+
+from engine.inputs import retire
+from engine.progress import EpochProgress, format_value
+
+
+class Controller:
+    """Runs `trainer` to `total` steps over `train_input`, evaluating on `eval_data` at epoch ends.
+
+    Args:
+      trainer: an engine.Trainer, its model built and its checkpoint restored.
+      train_input: an EpochInput or DatasetInput.
+      eval_data: finite tf.data.Dataset of global batches, or None.
+      total: steps to train to, counted from step 0.
+    """
+
+    def __init__(self, trainer, train_input, eval_data, total: int):
+        self.trainer, self.train_input, self.eval_data, self.total = trainer, train_input, eval_data, total
+        self.steps_per_epoch = train_input.steps_per_epoch
+        self.num_epochs = math.ceil(total / self.steps_per_epoch)
+        self.history: dict[str, list[float]] = {}
+        self.say = EpochProgress.write if trainer.is_chief else (lambda line: None)
+        self.cut_points = sorted({int(p) for h in trainer._hooks if hasattr(h, "stop_points")
+                                  for p in h.stop_points(total)})
+        self._first_loop = True
+
+    def run(self) -> dict[str, list[float]]:
+        """Trains to `total`; returns the history (one value per epoch end, see Trainer.fit)."""
+        t = self.trainer
+        step = t.global_step
+        if t.nonfinite_limit and t.nonfinite_action == "rollback" and t.checkpointer \
+                and t.checkpointer.latest is None:
+            t._save(step)  # A rollback needs a checkpoint to go back to.
+        t.stopped_by, t._stop_reason = None, None
+        t._call_hooks("train_begin")
+        # A signal to one worker must not stop its loop alone (the others would wait
+        # in a collective forever), so multi-worker runs leave signals as they are.
+        self.preemption = t._preemption_handler()
+        iterator = None
+        with (t._stop if not t._multi_worker else contextlib.nullcontext()):
+            while step < self.total and not t.stopped_by:
+                iterator = retire(iterator)
+                step, iterator = self._epoch(step)
+        t.summaries.flush()
+        if not self.history and self.eval_data is not None and not t.stopped_by:
+            # Nothing left to train: report where the run stands.
+            logs = {f"eval_{k}": v for k, v in t._evaluate_and_log(self.eval_data, step).items()}
+            logs.update(step=step, epoch=step / self.steps_per_epoch)
+            self.history = {k: [v] for k, v in logs.items()}
+            self.say(f"already at step {step} of {self.total}: " +
+                     " ".join(f"{k}={format_value(v)}" for k, v in logs.items()))
+        t._call_hooks("train_end", self.history)
+        retire(iterator)
+        return self.history
+
+    # --- One epoch ------------------------------------------------------------------
+
+    def _epoch(self, step: int):
+        """Trains from `step` to the epoch's end (or a stop, or a rollback); returns (step, iterator)."""
+        t = self.trainer
+        epoch, start = divmod(step, self.steps_per_epoch)
+        epoch_end = min((epoch + 1) * self.steps_per_epoch, self.total)
+        iterator = iter(self.train_input.distribute(t.strategy, epoch, start, t._coordinator))
+        for metric in t.train_metrics.values():
+            metric.reset_state()
+        bar = EpochProgress(epoch=epoch, num_epochs=self.num_epochs,
+                            total_steps=epoch_end - epoch * self.steps_per_epoch, initial_step=start,
+                            enabled=t.progress and t.is_chief)
+        timing = _EpochTiming()
+        logs: dict[str, float] = {}
+        try:
+            while step < epoch_end:
+                n = self._loop_length(step, epoch_end)
+                logs, done, step = self._loop(iterator, n, step, epoch_end, timing)
+                bar.update(done, logs)
+                decision = self._after_loop(logs, step, done, n)
+                if decision == "rollback":
+                    return t.global_step, iterator
+                if decision == "stop":
+                    break
+        finally:
+            bar.close()
+        if not t.guard.state_finite():
+            t.guard.rollback(step, t.guard.describe(step))
+            return t.global_step, iterator
+        self._end_epoch(epoch, step, logs, timing)
+        return step, iterator
+
+    def _loop_length(self, step: int, epoch_end: int) -> int:
+        """Steps of the next loop: steps_per_loop, cut at the epoch end, checkpoints and hooks' points."""
+        t = self.trainer
+        n = min(t.steps_per_loop, epoch_end - step)
+        if t.checkpoint_every_steps:
+            n = min(n, t.checkpoint_every_steps - step % t.checkpoint_every_steps)
+        return min([n] + [p - step for p in self.cut_points if p > step])
+
+    def _loop(self, iterator, n: int, step: int, epoch_end: int, timing: "_EpochTiming"):
+        """Runs one compiled loop; returns (logs, steps done, new step)."""
+        t = self.trainer
+        t0 = time.perf_counter()
+        skipped_before = t.nonfinite_steps
+        t._run_loop(iterator, n)
+        logs = {name: float(m.result()) for name, m in t.train_metrics.items()}
+        dt = time.perf_counter() - t0  # Reading the metrics waited for the loop.
+        wait = t._take_input_wait()
+        done, step = t.global_step - step, t.global_step
+        if not self._first_loop or step == epoch_end:  # The first loop also traces.
+            timing.examples += done * t.global_batch_size
+            timing.seconds += dt
+        self._first_loop = False
+        logs.update(learning_rate=t.learning_rate, examples_per_second=done * t.global_batch_size / dt,
+                    nonfinite_steps=t.nonfinite_steps)
+        if wait is not None:  # Share of the loop's time spent waiting for input.
+            logs["input_wait_percent"] = 100.0 * wait / dt
+            timing.wait, timing.time = timing.wait + wait, timing.time + dt
+        if t.nonfinite_steps - skipped_before < done:
+            # A loop of skipped steps only has nothing to plot: a diverged run would
+            # write a summary per skipped loop.
+            t.summaries.scalars("train", logs, step)
+        return logs, done, step
+
+    def _after_loop(self, logs: dict, step: int, done: int, n: int) -> str | None:
+        """The actions between loops; returns "stop", "rollback" or None (go on)."""
+        t = self.trainer
+        if t._stop.signal_name or done < n:
+            t.stopped_by = t._stop.signal_name or "signal"
+            return "stop"
+        streak = int(t._nonfinite_streak.numpy())
+        if t.nonfinite_limit and streak >= t.nonfinite_limit:
+            t.guard.rollback(step, f"{streak} non-finite steps in a row up to step {step}")
+            return "rollback"
+        t._call_hooks("loop_end", dict(logs, step=step))
+        if t._agree(t._stop_reason is not None):
+            t.stopped_by = t._stop_reason or "another worker's hook"
+            return "stop"
+        if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
+            if not t.guard.state_finite():
+                t.guard.rollback(step, t.guard.describe(step))
+                return "rollback"
+            if not t.guard.in_streak():
+                t._save(step)
+        if self.preemption:  # All workers call it at the same steps, as it requires.
+            self.preemption.save_checkpoint_if_preempted()
+        return None
+
+    def _end_epoch(self, epoch: int, step: int, logs: dict, timing: "_EpochTiming") -> None:
+        """Checkpoint, evaluation, history, the epoch line and the epoch-end hooks."""
+        t = self.trainer
+        # Weights in a non-finite streak are finite, but the last steps diverged from
+        # them: they would make a poor rollback target. Signals save anyway.
+        path = t._save(step) if t.stopped_by or not t.guard.in_streak() else \
+            (t.checkpointer.latest if t.checkpointer else None)
+        if t.stopped_by:
+            cause = f"{t.stopped_by} received" if t.stopped_by.startswith("SIG") or t.stopped_by == "signal" \
+                else t.stopped_by
+            self.say(f"{cause}: stopped after step {step}; checkpoint {path}; rerun the same command to resume")
+            return
+        if timing.seconds:
+            logs["examples_per_second"] = timing.examples / timing.seconds
+        if "input_wait_percent" in logs and timing.time:  # Over the whole epoch (first loop included).
+            logs["input_wait_percent"] = 100.0 * timing.wait / timing.time
+        logs.update(step=step, epoch=step / self.steps_per_epoch)
+        if self.eval_data is not None:
+            logs.update({f"eval_{k}": v for k, v in t._evaluate_and_log(self.eval_data, step).items()})
+        for name, value in logs.items():
+            self.history.setdefault(name, []).append(value)
+        self.say(f"epoch {epoch + 1}/{self.num_epochs} step {step}: " +
+                 " ".join(f"{k}={format_value(v)}" for k, v in logs.items() if k not in ("step", "epoch")))
+        t._call_hooks("epoch_end", logs)
+        t._save_hook_state(step)  # The epoch's checkpoint came before its hooks ran.
+        if t._stop_reason:  # Epoch-end decisions (early stopping) agree: the eval metrics do.
+            t.stopped_by = t._stop_reason
+            self.say(f"{t._stop_reason}: stopped after step {step}; checkpoint {path}")
+
+
+class _EpochTiming:
+    """Examples and seconds of an epoch's loops after the first (which traces), and input wait."""
+
+    def __init__(self):
+        self.examples, self.seconds, self.wait, self.time = 0, 0.0, 0.0, 0.0
