@@ -23,26 +23,25 @@ import os
 import re
 from typing import Callable, Mapping, Sequence
 
-from absl import logging
 
 import keras
 import numpy as np
 import tensorflow as tf
 
-from engine import batch_norm, distribution, replica_state
+from engine import batch_norm, distribution
 from engine import hooks as hooks_lib
 from engine.checkpoint import BestCheckpoint, Checkpointer, remove_scratch
 from engine.controller import Controller
 from engine.hooks import HOOK_EVENTS
 from engine.inputs import DatasetInput, EpochInput, retire
+from engine.loops import LoopsMixin
 from engine.preemption import StopRequest, checkpoint_handler
 from engine.progress import EpochProgress, format_value
 from engine.rollback import NonFiniteError, NonFiniteGuard
 from engine.schedules import ScaledSchedule
 from engine.summaries import Summaries
+from engine.update import UpdateMixin
 
-# Upper bound for the in-graph evaluation loop, which stops when the data ends.
-_MAX_EVAL_STEPS = 2**62
 NONFINITE_ACTIONS = ("rollback", "stop")
 
 MetricsFactory = Callable[[], Mapping[str, keras.metrics.Metric]]
@@ -63,13 +62,6 @@ def _masked_weight(sample_weight, finite: tf.Tensor, y_pred) -> tf.Tensor:
     return sample_weight * tf.reshape(weight, [-1] + [1] * (sample_weight.shape.rank - 1))
 
 
-def _op_determinism() -> bool:
-    """Whether tf.config.experimental.enable_op_determinism() was called (no public getter)."""
-    from tensorflow.python.framework import config as tf_config
-
-    return bool(tf_config.is_op_determinism_enabled())
-
-
 def _to_float32(outputs):
     """Mixed precision: losses and metrics see float32 outputs."""
     return tf.nest.map_structure(
@@ -88,7 +80,7 @@ class _CallableHook:
         raise AttributeError(name)
 
 
-class Trainer:
+class Trainer(UpdateMixin, LoopsMixin):
     """Trains, evaluates and checkpoints a Keras model with a custom distributed loop.
 
     The subclassing contract, the shape Keras's trainer has (all per replica, in
@@ -625,224 +617,6 @@ class Trainer:
     def _infer_fn(self, x):
         return _to_float32(self.model(x, training=False))
 
-    # --- The update: apply_gradients and what it brings ---------------------------------
-
-    def apply_gradients(self, gradients, variables, optimizer=None, *, loss=None) -> tf.Tensor:
-        """Applies one replica's gradients with every feature of the engine; call it in train_step.
-
-        It brings: gradient accumulation (accumulation_steps), the non-finite
-        guard (a step whose loss or gradients are NaN/Inf on any replica is
-        skipped on every replica and counted), the LossScaleOptimizer's
-        unscaling and overflow skip, and, after each applied update, the moving
-        average of the weights (ema_decay). The optimizer sums the gradients
-        over the replicas.
-
-        Args:
-          gradients: one per variable (None for a variable without one).
-          variables: the variables to update.
-          optimizer: None for the Trainer's optimizer (the first of a dict), a
-            name of `optimizers`, or an optimizer object of them.
-          loss: the scalar loss, checked by the guard with the gradients.
-
-        Returns:
-          bool scalar: whether this replica's loss and gradients were finite
-          (True with the guard off), to mask its metrics.
-
-        Raises:
-          ValueError: at trace time, for an unknown optimizer, or accumulation of
-            other variables than the model's trainable ones.
-        """
-        optimizer = self._optimizer_named(optimizer)
-        self._apply_calls += 1
-        gradients, variables = list(gradients), list(variables)
-        loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
-        finite = tf.constant(True) if loss is None else tf.reduce_all(tf.math.is_finite(loss))
-        due = None
-        if self._accumulators:
-            if optimizer is not self.optimizer or [id(v) for v in variables] != \
-                    [id(v) for v in self.model.trainable_variables]:
-                raise ValueError("accumulation_steps > 1 accumulates the main optimizer's update of "
-                                 "model.trainable_variables only; apply other updates without accumulation")
-            for acc, g in zip(self._accumulators, gradients):
-                if g is not None:
-                    acc.assign_add(g)
-            gradients = [acc.read_value() for acc in self._accumulators]
-            due = tf.equal(self._step % self.accumulation_steps, self.accumulation_steps - 1)
-        # With loss scaling, overflowing gradients are the LossScaleOptimizer's to skip
-        # (it lowers its scale and skips the update).
-        guard = self.nonfinite_limit is not None and not loss_scaled
-        if guard:
-            grads_finite = [tf.reduce_all(tf.math.is_finite(g)) for g in gradients if g is not None]
-            finite = tf.logical_and(finite, tf.reduce_all(grads_finite))
-        if due is None and not guard:
-            self._apply(gradients, variables, optimizer)  # The optimizer sums gradients over replicas.
-        else:
-            self._apply_when(due, finite if guard else tf.constant(True), gradients, variables, optimizer)
-        return finite if (guard or loss_scaled) else tf.constant(True)
-
-    def _optimizer_named(self, optimizer) -> keras.optimizers.Optimizer:
-        if optimizer is None:
-            return self.optimizer
-        if isinstance(optimizer, str):
-            if optimizer not in self.optimizers:
-                raise ValueError(f"no optimizer {optimizer!r}; the Trainer has {', '.join(self.optimizers)}")
-            return self.optimizers[optimizer]
-        if not any(optimizer is o for o in self.optimizers.values()):
-            raise ValueError("apply_gradients was given an optimizer the Trainer does not hold; pass it to the "
-                             "Trainer (optimizer={name: optimizer}) so it is built, checkpointed and scaled")
-        return optimizer
-
-    def _apply_when(self, due, finite: tf.Tensor, grads, variables, optimizer) -> None:
-        """Applies the update on every replica when due (None: every step) and finite on every replica."""
-        ctx = tf.distribute.get_replica_context()
-        if tf.__internal__.distribute.strategy_supports_no_merge_call():
-            # Collective strategies: agree through an all-reduce, branch per replica.
-            bad = ctx.all_reduce(tf.distribute.ReduceOp.SUM, 1.0 - tf.cast(finite, tf.float32))
-
-            def update():
-                tf.cond(bad == 0, lambda: self._apply(grads, variables, optimizer), self._skip)
-
-            if due is None:
-                update()
-            else:
-                tf.cond(due, update, lambda: None)
-            return
-
-        def cross_replica(distribution, finite, grads):
-            # apply_gradients calls merge_call, which may not sit in a cond inside a
-            # replica context; so the cond is taken here, as Keras's
-            # LossScaleOptimizer does.
-            all_finite = tf.reduce_all(tf.stack(distribution.experimental_local_results(finite)))
-
-            def apply():
-                distribution.extended.call_for_each_replica(self._apply, args=(grads, variables, optimizer))
-
-            def update():
-                tf.cond(all_finite, apply, self._skip)
-
-            if due is None:
-                update()
-            else:
-                tf.cond(due, update, lambda: None)
-
-        ctx.merge_call(cross_replica, args=(finite, grads))
-
-    def _apply(self, grads, variables, optimizer) -> None:
-        optimizer.apply_gradients(zip(grads, variables))
-        self._nonfinite_streak.assign(0)
-        for acc in self._accumulators:
-            acc.assign(tf.zeros_like(acc))
-
-    def _update_ema(self) -> None:
-        """Cross-replica context, after an applied update: shadow = decay * shadow + (1 - decay) * weight."""
-        decay = self.ema_decay
-        for weight, shadow in self._ema_pairs:
-            shadow.assign(decay * shadow + (1.0 - decay) * tf.cast(tf.convert_to_tensor(weight), shadow.dtype))
-
-    def _skip(self) -> None:
-        self._nonfinite_total.assign_add(1)
-        self._nonfinite_streak.assign_add(1)
-        for acc in self._accumulators:
-            acc.assign(tf.zeros_like(acc))
-
-    def _averaged_weights(self):
-        """The model weights the moving average covers: every float variable."""
-        return [v for v in self.model.weights if tf.as_dtype(v.dtype).is_floating]
-
-    # --- Compiled loops ---------------------------------------------------------------
-
-    def _note_trace(self, name: str, signature) -> None:
-        """Runs while `name` is traced: warns when it traces again with a new input signature."""
-        shown = str(signature)
-        if name in self._traced and self._traced[name] != shown:
-            message = (f"{name} traced again with a new input signature (each retrace recompiles the step; "
-                       f"keep batch shapes and dtypes fixed): was {self._traced[name]}, now {shown}")
-            self.retraces.append(message)
-            logging.warning(message)
-            if self.is_chief:
-                EpochProgress.write(f"warning: {message}")
-        self._traced[name] = shown
-
-    def _train_loop_fn(self, iterator, num_steps: tf.Tensor) -> None:
-        self._note_trace("Trainer.train_step", iterator.element_spec)
-        for _ in tf.range(num_steps):
-            if not self._multi_worker and self._stop.flag:  # SIGTERM/SIGINT: stop before the next step.
-                break
-            if self._coordinator or _op_determinism():
-                batch = next(iterator)  # (tf.timestamp refuses to run under op determinism.)
-            else:
-                # Input wait: the time next() blocks. Stateful ops keep program order
-                # in a tf.function, so the stamps bracket the fetch of each step.
-                start = tf.timestamp()
-                with tf.control_dependencies([start]):
-                    batch = next(iterator)
-                with tf.control_dependencies(tf.nest.flatten(self._local_tensors(batch))):
-                    self._input_wait.assign_add(tf.timestamp() - start)
-            updates = self._updates_applied()
-            self.strategy.run(self._replica_train_step, args=(batch,))
-            self._step.assign_add(1)
-            if self._ema_pairs:
-                # After the replicas' state was averaged, so the shadows follow the mean;
-                # only when the step applied an update (not a skipped or accumulating one).
-                tf.cond(self._updates_applied() > updates, self._update_ema, lambda: None)
-
-    def _updates_applied(self) -> tf.Tensor:
-        """int64: updates applied by all optimizers so far (their iterations, summed)."""
-        return tf.add_n([tf.identity(tf.convert_to_tensor(o.iterations, tf.int64))
-                         for o in self.optimizers.values()])
-
-    def _replica_train_step(self, batch) -> None:
-        """One replica's step: `train_step`, then the state its layers updated, made finite and equal.
-
-        Raises:
-          ValueError: at trace time, if train_step applied no update through
-            apply_gradients while a feature that needs it (ema_decay,
-            accumulation, the non-finite guard) is on.
-        """
-        models = [self.model] + [item for item in self.checkpoint_items().values()
-                                 if isinstance(item, keras.layers.Layer)]  # e.g. a GAN's discriminator
-        state = [v for m in models for v in replica_state.updated_state(m)]
-        before = [tf.identity(tf.convert_to_tensor(v)) for v in state]
-        calls, self._mode = self._apply_calls, "train"
-        self.train_step(batch)
-        if self._apply_calls == calls:
-            needs = [name for name, on in (("ema_decay", self._ema_pairs), ("accumulation_steps",
-                     self.accumulation_steps > 1), ("the non-finite guard (nonfinite_limit)",
-                     self.nonfinite_limit is not None)) if on]
-            if needs:
-                raise ValueError(f"{type(self).__name__}.train_step applied no update through "
-                                 f"self.apply_gradients, so {', '.join(needs)} would silently do nothing; call "
-                                 "self.apply_gradients(gradients, variables) instead of the optimizer's (or turn "
-                                 "them off: nonfinite_limit=None)")
-        replica_state.keep_finite(state, before)
-        replica_state.average([v for m in models for v in replica_state.local_state(m, self.strategy)])
-
-    def _local_tensors(self, batch):
-        """The tensors of a (distributed) batch, for control dependencies."""
-        return [t for v in tf.nest.flatten(batch, expand_composites=False)
-                for t in (self.strategy.experimental_local_results(v) if self.strategy.num_replicas_in_sync > 1
-                          else [v])]
-
-    def _eval_loop_fn(self, iterator) -> None:
-        self._note_trace("Trainer.test_step", iterator.element_spec)
-        for _ in tf.range(_MAX_EVAL_STEPS):
-            optional = iterator.get_next_as_optional()
-            if not optional.has_value():
-                break
-            self.strategy.run(self._replica_test_step, args=(optional.get_value(),))
-
-    def _replica_test_step(self, batch) -> None:
-        self._mode = "eval"
-        try:
-            self.test_step(batch)
-        finally:
-            self._mode = "train"
-
-    def _inline_eval_fn(self, data) -> None:
-        # Parameter-server training: the coordinator evaluates on its own device.
-        for batch in data:
-            self._replica_test_step(batch)
-
     # --- Public API (eager) ----------------------------------------------------------
 
     @property
@@ -1032,30 +806,7 @@ class Trainer:
                                      self.strategy.run(lambda: tf.identity(value)), axis=None)
         return float(total) > 0
 
-    @contextlib.contextmanager
-    def ema_weights(self):
-        """Within the block the model holds the moving averages (no-op without ema_decay)."""
-        if not self._ema_pairs:
-            yield
-            return
-        saved = [tf.identity(tf.convert_to_tensor(v)) for v, _ in self._ema_pairs]
-        for v, shadow in self._ema_pairs:
-            v.assign(tf.convert_to_tensor(shadow))
-        try:
-            yield
-        finally:
-            for (v, _), value in zip(self._ema_pairs, saved):
-                v.assign(value)
-
     # --- Eager helpers ----------------------------------------------------------------
-
-    def _take_input_wait(self) -> float | None:
-        """Seconds the compiled loops waited for input since the last call (None where not measured)."""
-        if self._coordinator or _op_determinism():
-            return None
-        wait = float(self._input_wait.numpy())
-        self._input_wait.assign(0.0)
-        return wait
 
     def _preemption_handler(self):
         return checkpoint_handler(self)
@@ -1068,16 +819,6 @@ class Trainer:
     def _restore_hook_state(self, step: int) -> None:
         if self.model_dir:
             hooks_lib.restore_hook_state(self._hooks, self.model_dir, step)
-
-    def _run_loop(self, iterator, num_steps: int) -> None:
-        if not self._coordinator:
-            self._train_loop(iterator, tf.constant(num_steps, tf.int64))
-            return
-        # One closure per step: the coordinator hands each to a free worker.
-        one = tf.constant(1, tf.int64)
-        for _ in range(num_steps):
-            self._coordinator.schedule(self._train_loop, args=(iterator, one))
-        self._coordinator.join()
 
     def _evaluate_and_log(self, eval_data, step: int) -> dict[str, float]:
         results = self.evaluate(eval_data)
