@@ -52,13 +52,14 @@ def _train_rate(pipelines, steps: int) -> tuple[float, float]:
     import keras
 
     import models
-    from engine import EpochInput, Trainer, sparse_accuracy
+    from engine import EpochInput, GuardOptions, Trainer, sparse_accuracy
 
     keras.utils.set_random_seed(0)
     model = models.build("resnet20")
     trainer = Trainer(model=model, optimizer=keras.optimizers.SGD(0.1, momentum=0.9), metrics=sparse_accuracy,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
-                      global_batch_size=FLAGS.batch_size, steps_per_loop=50, progress=False, nonfinite_limit=None)
+                      global_batch_size=FLAGS.batch_size, steps_per_loop=50, progress=False,
+                      guard=GuardOptions(nonfinite_limit=None))
     history = {}
 
     def record(logs):

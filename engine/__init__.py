@@ -6,8 +6,9 @@ input pipelines.
 
 from engine.distribution import configure_cpu_devices, create_strategy
 from engine.inputs import DatasetInput, EpochInput
+from engine.options import CheckpointOptions, GuardOptions, KernelOptions
 from engine.schedules import piecewise_constant_by_epoch
 from engine.trainer import NonFiniteError, Trainer, sparse_accuracy
 
-__all__ = ["Trainer", "NonFiniteError", "sparse_accuracy", "EpochInput", "DatasetInput", "create_strategy",
+__all__ = ["Trainer", "CheckpointOptions", "GuardOptions", "KernelOptions", "NonFiniteError", "sparse_accuracy", "EpochInput", "DatasetInput", "create_strategy",
            "configure_cpu_devices", "piecewise_constant_by_epoch"]

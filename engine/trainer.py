@@ -35,6 +35,7 @@ from engine.controller import Controller
 from engine.hooks import HOOK_EVENTS
 from engine.inputs import DatasetInput, EpochInput, retire
 from engine.loops import LoopsMixin
+from engine.options import CheckpointOptions, GuardOptions, KernelOptions
 from engine.preemption import StopRequest, checkpoint_handler
 from engine.progress import EpochProgress, format_value
 from engine.rollback import NonFiniteError, NonFiniteGuard
@@ -42,7 +43,6 @@ from engine.schedules import ScaledSchedule
 from engine.summaries import Summaries
 from engine.update import UpdateMixin
 
-NONFINITE_ACTIONS = ("rollback", "stop")
 
 MetricsFactory = Callable[[], Mapping[str, keras.metrics.Metric]]
 
@@ -132,23 +132,9 @@ class Trainer(UpdateMixin, LoopsMixin):
         A mean "loss" metric is always there.
       steps_per_loop: steps per call of the compiled loop; metrics, summaries and
         the progress bar are updated between calls. Larger is faster, coarser.
-      checkpoint_every_steps: also checkpoint every this many steps (checkpoints
-        are always written at each epoch end); None for epoch ends only.
-      keep_checkpoints: how many recent checkpoints to keep.
-      nonfinite_limit: guard against non-finite updates: a step whose loss or
-        gradients are NaN/Inf on any replica is skipped on all of them and counted;
-        after this many skips in a row, `nonfinite_action` applies. None turns the
-        guard off (non-finite values then reach the weights).
-      nonfinite_action: "rollback" (restore the newest checkpoint, multiply the
-        learning rate by `rollback_lr_factor`, go on) or "stop" (raise
-        NonFiniteError).
-      rollback_lr_factor: learning-rate factor applied at each rollback, in (0, 1].
-        It compounds: each rollback multiplies the scale the run had when it
-        diverged (not the restored checkpoint's), so the rate keeps falling.
-      max_rollbacks: rollbacks allowed over the run (counted across restores and
-        reruns); the next divergence raises NonFiniteError. None: no limit.
-      best_metric: eval metric to keep the best checkpoint of, e.g.
-        "eval_accuracy" or "eval_loss"; None keeps none.
+      checkpoint: CheckpointOptions (engine/options.py): periodic checkpoints,
+        how many to keep, the best checkpoint's metric.
+      guard: GuardOptions: the non-finite guard, rollbacks and their limit.
       progress: show a tqdm progress bar per epoch (a summary line per epoch, and
         lines on restore and stop, are printed either way).
       hooks: objects with any of on_train_begin / on_loop_end / on_epoch_end /
@@ -164,23 +150,8 @@ class Trainer(UpdateMixin, LoopsMixin):
         shadow = decay * shadow + (1 - decay) * weights after every update (the
         trainable and the BatchNorm statistics); evaluation, the best checkpoint
         and export use the averages. None for no average. Typical: 0.999.
-      fused_batch_norm: run the model's Keras BatchNormalization layers through
-        TensorFlow's fused kernel in the compiled steps (engine/batch_norm.py:
-        same results to float rounding; layers it cannot serve keep Keras's
-        computation). Keras 3 computes BatchNorm as separate ops; on this
-        machine's CPU the kernel makes a ResNet-20 step 1.36x faster in float32
-        (2x in bfloat16). The model's own `call` outside the Trainer is untouched.
-      sync_batch_norm: compute BatchNormalization's batch statistics over the
-        global batch (all replicas) instead of each replica's batch: Keras's
-        `synchronized=True`, set on every BatchNormalization layer of the model
-        while the steps are traced (such layers keep Keras's computation, not the
-        fused kernel). Either way the moving statistics are averaged over the
-        replicas after every step, so every replica holds the same copy.
-      jit_compile: compile each replica's forward-backward pass (and the eval
-        forward pass) with XLA. The update, the non-finite guard and the metrics
-        stay outside it, so every strategy and optimizer works as without it.
-        Off by default: on this machine's CPU XLA is slower (BUILD_NOTES.md);
-        on GPUs it often is faster: measure.
+      kernels: KernelOptions: the fused BatchNorm kernel, synchronized BatchNorm,
+        XLA.
 
     Raises:
       ValueError: if the loss reduces over the batch, the global batch is not
@@ -195,25 +166,18 @@ class Trainer(UpdateMixin, LoopsMixin):
         optimizer: keras.optimizers.Optimizer | Mapping[str, keras.optimizers.Optimizer],
         global_batch_size: int,
         loss: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+        eval_loss: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
+        metrics: MetricsFactory | None = None,
         strategy: tf.distribute.Strategy | None = None,
         model_dir: str | None = None,
-        metrics: MetricsFactory | None = None,
         steps_per_loop: int = 100,
-        checkpoint_every_steps: int | None = None,
-        keep_checkpoints: int = 3,
-        nonfinite_limit: int | None = 10,
-        nonfinite_action: str = "rollback",
-        rollback_lr_factor: float = 0.5,
-        best_metric: str | None = None,
         progress: bool = True,
         hooks: Sequence[object] = (),
-        eval_loss: Callable[[tf.Tensor, tf.Tensor], tf.Tensor] | None = None,
         accumulation_steps: int = 1,
         ema_decay: float | None = None,
-        fused_batch_norm: bool = True,
-        sync_batch_norm: bool = False,
-        jit_compile: bool = False,
-        max_rollbacks: int | None = 3,
+        checkpoint: CheckpointOptions = CheckpointOptions(),
+        guard: GuardOptions = GuardOptions(),
+        kernels: KernelOptions = KernelOptions(),
     ):
         self.strategy = strategy or tf.distribute.get_strategy()
         replicas = self.strategy.num_replicas_in_sync
@@ -221,20 +185,10 @@ class Trainer(UpdateMixin, LoopsMixin):
             raise ValueError(f"global batch {global_batch_size} is not a positive multiple of {replicas} replicas")
         if steps_per_loop < 1:
             raise ValueError(f"steps_per_loop={steps_per_loop} must be at least 1")
-        if checkpoint_every_steps is not None and checkpoint_every_steps < 1:
-            raise ValueError(f"checkpoint_every_steps={checkpoint_every_steps} must be at least 1")
-        if nonfinite_limit is not None and nonfinite_limit < 1:
-            raise ValueError(f"nonfinite_limit={nonfinite_limit} must be at least 1 (or None)")
-        if nonfinite_action not in NONFINITE_ACTIONS:
-            raise ValueError(f"nonfinite_action={nonfinite_action!r} must be one of {', '.join(NONFINITE_ACTIONS)}")
         if accumulation_steps < 1:
             raise ValueError(f"accumulation_steps={accumulation_steps} must be at least 1")
         if ema_decay is not None and not 0 < ema_decay < 1:
             raise ValueError(f"ema_decay={ema_decay} must be in (0, 1)")
-        if not 0 < rollback_lr_factor <= 1:
-            raise ValueError(f"rollback_lr_factor={rollback_lr_factor} must be in (0, 1]")
-        if max_rollbacks is not None and max_rollbacks < 0:
-            raise ValueError(f"max_rollbacks={max_rollbacks} must be at least 0 (or None)")
         for fn in (loss, eval_loss):
             if isinstance(fn, keras.losses.Loss) and fn.reduction not in (None, "none"):
                 raise ValueError(f"loss {fn.name} reduces with {fn.reduction!r}; build it with reduction=None "
@@ -251,18 +205,19 @@ class Trainer(UpdateMixin, LoopsMixin):
         self.global_batch_size = global_batch_size
         self.model_dir = model_dir
         self.steps_per_loop = steps_per_loop
-        self.checkpoint_every_steps = checkpoint_every_steps
-        self.nonfinite_limit = nonfinite_limit
-        self.nonfinite_action = nonfinite_action
-        self.rollback_lr_factor = rollback_lr_factor
-        self.max_rollbacks = max_rollbacks
+        # The groups' settings, read where they are used (the controller, the guard, the loops).
+        self.checkpoint_every_steps = checkpoint.every_steps
+        self.nonfinite_limit = guard.nonfinite_limit
+        self.nonfinite_action = guard.action
+        self.rollback_lr_factor = guard.rollback_lr_factor
+        self.max_rollbacks = guard.max_rollbacks
         self.progress = progress
         self.eval_loss = eval_loss or loss
         self.accumulation_steps = accumulation_steps
         self.ema_decay = ema_decay
-        self.fused_batch_norm = fused_batch_norm
-        self.sync_batch_norm = sync_batch_norm
-        self.jit_compile = jit_compile
+        self.fused_batch_norm = kernels.fused_batch_norm
+        self.sync_batch_norm = kernels.sync_batch_norm
+        self.jit_compile = jit_compile = kernels.jit_compile
         # The per-replica compute, XLA-compiled on request (nested in the loop's
         # tf.function: the iterator and the cross-replica update cannot be).
         self._gradients = (tf.function(self.forward_backward, jit_compile=True) if jit_compile
@@ -314,8 +269,9 @@ class Trainer(UpdateMixin, LoopsMixin):
         trackables = dict(model=model, **optimizers, step=self._step,
                           nonfinite_steps=self._nonfinite_total, lr_scale=self._lr_scale,
                           rollbacks=self._rollbacks)
-        self.checkpointer = (Checkpointer(model_dir, max_to_keep=keep_checkpoints, scratch_directory=self._scratch,
+        self.checkpointer = (Checkpointer(model_dir, max_to_keep=checkpoint.keep, scratch_directory=self._scratch,
                                           **trackables) if model_dir else None)
+        best_metric = checkpoint.best_metric
         self.best = (BestCheckpoint(os.path.join(self._scratch or model_dir, "best"), best_metric, model=model)
                      if model_dir and best_metric else None)
         if best_metric and not model_dir:

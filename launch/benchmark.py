@@ -56,7 +56,7 @@ def main(argv: list[str]) -> None:
     import tensorflow as tf
 
     import models
-    from engine import DatasetInput, Trainer, batch_norm, sparse_accuracy
+    from engine import DatasetInput, GuardOptions, KernelOptions, Trainer, batch_norm, sparse_accuracy
 
     batch, steps = FLAGS.batch_size, FLAGS.steps
     warmup = 20
@@ -85,8 +85,8 @@ def main(argv: list[str]) -> None:
         model, optimizer = fresh()
         trainer = Trainer(model=model, optimizer=optimizer, loss=loss(), metrics=sparse_accuracy,
                           global_batch_size=batch, steps_per_loop=50,
-                          nonfinite_limit=10 if guard else None, progress=False, fused_batch_norm=fused,
-                          jit_compile=jit)
+                          guard=GuardOptions(nonfinite_limit=10 if guard else None), progress=False,
+                          kernels=KernelOptions(fused_batch_norm=fused, jit_compile=jit))
         data = DatasetInput(dataset(), steps_per_epoch=10**9)  # one endless epoch: no epoch-end work
         trainer.fit(data, train_steps=warmup)
 

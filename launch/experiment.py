@@ -17,7 +17,8 @@ import tensorflow as tf
 
 from datasets import augment
 from models import transfer
-from engine import EpochInput, Trainer, configure_cpu_devices, create_strategy, distribution
+from engine import (CheckpointOptions, EpochInput, GuardOptions, KernelOptions, Trainer, configure_cpu_devices,
+                    create_strategy, distribution)
 from engine import hooks as hooks_lib
 from engine.optimizers import build_optimizer, set_precision
 from engine.schedules import build_schedule
@@ -175,13 +176,15 @@ def _trainer(task: tasks.Task, data: tasks.TaskData, config: TrainConfig, model,
     return task.trainer(
         config, model=model, optimizer=optimizer, data=data,
         global_batch_size=global_batch, strategy=strategy, model_dir=model_dir,
-        steps_per_loop=config.steps_per_loop, checkpoint_every_steps=config.checkpoint_every_steps,
-        keep_checkpoints=config.keep_checkpoints, nonfinite_limit=config.nonfinite_limit or None,
-        nonfinite_action=config.nonfinite_action, rollback_lr_factor=config.rollback_lr_factor,
-        best_metric=config.best_metric or None, progress=config.progress, hooks=hooks,
+        steps_per_loop=config.steps_per_loop, progress=config.progress, hooks=hooks,
         accumulation_steps=config.accumulation_steps, ema_decay=config.ema_decay or None,
-        fused_batch_norm=config.fused_batch_norm, sync_batch_norm=config.sync_batch_norm,
-        jit_compile=config.jit_compile, max_rollbacks=None if config.max_rollbacks < 0 else config.max_rollbacks)
+        checkpoint=CheckpointOptions(every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints,
+                                     best_metric=config.best_metric or None),
+        guard=GuardOptions(nonfinite_limit=config.nonfinite_limit or None, action=config.nonfinite_action,
+                           rollback_lr_factor=config.rollback_lr_factor,
+                           max_rollbacks=None if config.max_rollbacks < 0 else config.max_rollbacks),
+        kernels=KernelOptions(fused_batch_norm=config.fused_batch_norm, sync_batch_norm=config.sync_batch_norm,
+                              jit_compile=config.jit_compile))
 
 
 RUN_JSON = "run.json"

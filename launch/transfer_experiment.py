@@ -61,7 +61,7 @@ def _train(model, train, test, folder, *, epochs, lr_boundaries):
     trainer = Trainer(model=model, optimizer=optimizer, global_batch_size=batch, model_dir=folder,
                       metrics=sparse_accuracy,
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
-                      steps_per_loop=20, progress=False, best_metric=None)
+                      steps_per_loop=20, progress=False)
     train_input = EpochInput(in_memory.train_dataset_fn(train.images, train.labels, global_batch_size=batch,
                                                         seed=FLAGS.seed), steps)
     history = trainer.fit(train_input, in_memory.eval_dataset(test.images, test.labels, global_batch_size=500),

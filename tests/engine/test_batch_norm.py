@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from engine import Trainer, batch_norm, sparse_accuracy
+from engine import KernelOptions, Trainer, batch_norm, sparse_accuracy
 from engine.losses import sparse_categorical_crossentropy
 
 
@@ -202,7 +202,8 @@ def test_trainer_with_fused_kernel_trains_as_with_keras_batch_norm(replicas, two
             optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
         start = [w.numpy() for w in model.weights]
         trainer = Trainer(metrics=sparse_accuracy, model=model, optimizer=optimizer, loss=sparse_categorical_crossentropy(), strategy=strategy,
-                          global_batch_size=8, steps_per_loop=3, progress=False, fused_batch_norm=fused)
+                          global_batch_size=8, steps_per_loop=3, progress=False,
+                          kernels=KernelOptions(fused_batch_norm=fused))
         trainer.fit(tf.data.Dataset.from_tensor_slices((x, y)).batch(8), train_steps=6)
         weights[fused] = [w.numpy() for w in model.weights]
         ops[fused] = set().union(*(_ops(f) for f in trainer._train_loop._list_all_concrete_functions()))

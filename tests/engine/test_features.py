@@ -6,7 +6,7 @@ import pytest
 import tensorflow as tf
 
 from datasets import augment, in_memory
-from engine import EpochInput, Trainer, sparse_accuracy
+from engine import EpochInput, GuardOptions, KernelOptions, Trainer, sparse_accuracy
 from engine.losses import sparse_categorical_crossentropy
 from engine.optimizers import OPTIMIZERS, build_optimizer
 from tests.engine.test_batch_norm import _conv_bn_model, _conv_data
@@ -128,7 +128,7 @@ def test_global_norm_clipping_bounds_the_update():
 
 def test_ema_weights_differ_from_raw_and_are_what_evaluation_uses(tmp_path):
     x, y = _data()
-    trainer = _trainer(ema_decay=0.9, model_dir=str(tmp_path), nonfinite_limit=None)
+    trainer = _trainer(ema_decay=0.9, model_dir=str(tmp_path), guard=GuardOptions(nonfinite_limit=None))
     trainer.fit(_input(x, y, 16), train_steps=12)
     raw = trainer.model.get_weights()
     shadows = [s.numpy() for _, s in trainer._ema_pairs]
@@ -145,7 +145,7 @@ def test_ema_weights_differ_from_raw_and_are_what_evaluation_uses(tmp_path):
     raw_model.set_weights(raw)
     assert np.abs(raw_model.predict(x, verbose=0) - logits).max() > 1e-4
     # The checkpoint holds the averages, and a new Trainer restores them.
-    again = _trainer(ema_decay=0.9, model_dir=str(tmp_path), nonfinite_limit=None)
+    again = _trainer(ema_decay=0.9, model_dir=str(tmp_path), guard=GuardOptions(nonfinite_limit=None))
     again.restore()
     for (_, s), expected in zip(again._ema_pairs, shadows):
         np.testing.assert_array_equal(s.numpy(), expected)
@@ -260,7 +260,8 @@ def test_xla_compiled_steps_train_and_evaluate_as_without(replicas, two_replicas
             model = _conv_bn_model()
             optimizer = keras.optimizers.SGD(0.1, momentum=0.9)
         trainer = Trainer(metrics=sparse_accuracy, model=model, optimizer=optimizer, loss=sparse_categorical_crossentropy(), strategy=strategy,
-                          global_batch_size=8, steps_per_loop=3, progress=False, jit_compile=jit)
+                          global_batch_size=8, steps_per_loop=3, progress=False,
+                          kernels=KernelOptions(jit_compile=jit))
         trainer.fit(data, train_steps=6)
         assert (_xla_functions(trainer) > 0) == jit
         results[jit] = ([w.numpy() for w in model.weights], trainer.evaluate(data))

@@ -9,7 +9,7 @@ import pytest
 import tensorflow as tf
 
 from datasets import augment, in_memory
-from engine import EpochInput, Trainer, sparse_accuracy
+from engine import EpochInput, GuardOptions, Trainer, sparse_accuracy
 from engine import hooks as hooks_lib
 from engine import schedules
 from engine.losses import sparse_categorical_crossentropy
@@ -75,11 +75,11 @@ def test_early_stopping_min_delta_and_unknown_metric():
 def test_plateau_scales_the_learning_rate_and_the_scale_is_checkpointed(tmp_path):
     plateau = hooks_lib.ReduceLROnPlateau("made_up", factor=0.5, patience=2, mode="min")
     trainer = _trainer(model_dir=str(tmp_path), hooks=[_Feed([1.0, 1.0, 1.0, 0.5, 0.6]), plateau],
-                       schedule=True, nonfinite_limit=None)
+                       schedule=True, guard=GuardOptions(nonfinite_limit=None))
     train, _ = _input()
     trainer.fit(train, epochs=5)
     assert trainer.learning_rate == pytest.approx(0.05) and trainer.learning_rate_scale == 0.5
-    again = _trainer(model_dir=str(tmp_path), schedule=True, nonfinite_limit=None)
+    again = _trainer(model_dir=str(tmp_path), schedule=True, guard=GuardOptions(nonfinite_limit=None))
     again.restore()
     assert again.learning_rate == pytest.approx(0.05)
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from engine import Trainer, replica_state, sparse_accuracy
+from engine import GuardOptions, KernelOptions, Trainer, replica_state, sparse_accuracy
 from engine.losses import sparse_categorical_crossentropy
 
 N, SIZE, CLASSES, GB = 64, 8, 3, 16
@@ -61,7 +61,7 @@ def _copies(strategy, variable):
 
 @pytest.mark.parametrize("fused", [True, False], ids=["fused-kernel", "keras-batchnorm"])
 def test_every_replica_holds_the_same_non_trainable_state_after_training(fused, two_replicas):
-    trainer = _trainer(two_replicas, fused_batch_norm=fused, ema_decay=0.9)
+    trainer = _trainer(two_replicas, kernels=KernelOptions(fused_batch_norm=fused), ema_decay=0.9)
     trainer.fit(_dataset(), epochs=3)  # 12 steps, to the end
     assert trainer.global_step == 12
     state = trainer.model.non_trainable_variables
@@ -77,7 +77,7 @@ def test_every_replica_holds_the_same_non_trainable_state_after_training(fused, 
 
 def test_moving_statistics_are_the_mean_of_the_replicas_updates(two_replicas):
     """One step: each replica's update from its half of the batch, averaged (aggregation MEAN)."""
-    trainer = _trainer(two_replicas, fused_batch_norm=False)
+    trainer = _trainer(two_replicas, kernels=KernelOptions(fused_batch_norm=False))
     x, y = _data()
     trainer.fit(tf.data.Dataset.from_tensor_slices((x[:GB], y[:GB])).batch(GB), train_steps=1)
     with tf.distribute.get_strategy().scope():
@@ -113,7 +113,7 @@ def test_in_process_evaluation_equals_evaluation_of_the_restored_checkpoint(repl
 def test_synchronized_batch_norm_on_two_replicas_equals_one_replica_step_by_step(two_replicas):
     results = []
     for strategy in (tf.distribute.get_strategy(), two_replicas):
-        trainer = _trainer(strategy, sync_batch_norm=True, ema_decay=0.9)
+        trainer = _trainer(strategy, kernels=KernelOptions(sync_batch_norm=True), ema_decay=0.9)
         losses = [trainer.fit(_dataset(), train_steps=k)["loss"][0] for k in range(1, 5)]
         # RunningMax's peak is a max of per-replica means, not a BatchNorm statistic: left out.
         keep = [i for i, v in enumerate(trainer.model.weights) if "peak" not in v.path]
@@ -148,7 +148,7 @@ def test_frozen_layers_state_is_not_synchronized(two_replicas):
 
 
 def test_a_step_whose_activations_overflow_leaves_the_moving_statistics_as_they_were():
-    trainer = _trainer(tf.distribute.get_strategy(), nonfinite_limit=5)
+    trainer = _trainer(tf.distribute.get_strategy(), guard=GuardOptions(nonfinite_limit=5))
     x, y = _data()
     trainer.fit(tf.data.Dataset.from_tensor_slices((x[:GB], y[:GB])).batch(GB), train_steps=1)
     bn = trainer.model.layers[2]

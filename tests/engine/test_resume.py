@@ -9,7 +9,8 @@ import pytest
 import tensorflow as tf
 
 from datasets import in_memory
-from engine import EpochInput, Trainer, piecewise_constant_by_epoch, sparse_accuracy
+from engine import (CheckpointOptions, EpochInput, GuardOptions, Trainer,
+                    piecewise_constant_by_epoch, sparse_accuracy)
 from engine.trainer import NonFiniteError
 from tests.engine.test_trainer import GB, N, _data, _small_cnn
 
@@ -62,7 +63,7 @@ def _ids_input():
 
 def test_mid_epoch_resume_uses_every_example_exactly_once(tmp_path):
     train = _ids_input()  # 96 examples, 6 steps of 16 per epoch
-    first = _recording(model_dir=str(tmp_path), checkpoint_every_steps=2, steps_per_loop=1)
+    first = _recording(model_dir=str(tmp_path), checkpoint=CheckpointOptions(every_steps=2), steps_per_loop=1)
     first.fit(train, train_steps=6 + 4)  # all of epoch 0, 4 steps of epoch 1
     second = _recording(model_dir=str(tmp_path), steps_per_loop=1)  # a new process, in effect
     second.fit(train, train_steps=12)  # the rest of epoch 1
@@ -75,7 +76,8 @@ def test_mid_epoch_resume_uses_every_example_exactly_once(tmp_path):
 @pytest.mark.parametrize("replicas", [1, 2])
 def test_nonfinite_steps_are_skipped_on_every_replica_and_counted(replicas, two_replicas):
     strategy = two_replicas if replicas == 2 else None
-    trainer = _recording(strategy, nan_calls=(2, 3), nan_replica=0, steps_per_loop=1, nonfinite_limit=5)
+    trainer = _recording(strategy, nan_calls=(2, 3), nan_replica=0, steps_per_loop=1,
+                         guard=GuardOptions(nonfinite_limit=5))
     train = _ids_input()
     trainer.fit(train, train_steps=2)
     before = [w.numpy() for w in trainer.model.weights]
@@ -91,8 +93,9 @@ def test_nonfinite_steps_are_skipped_on_every_replica_and_counted(replicas, two_
 @pytest.mark.parametrize("scheduled", [False, True])
 def test_k_nonfinite_steps_in_a_row_roll_back_and_lower_the_learning_rate(tmp_path, scheduled):
     lr = piecewise_constant_by_epoch(0.05, [100], [0.1], steps_per_epoch=6) if scheduled else 0.05
-    trainer = _recording(model_dir=str(tmp_path), nan_calls=(8, 9, 10), nonfinite_limit=3, learning_rate=lr,
-                         checkpoint_every_steps=4, steps_per_loop=1, rollback_lr_factor=0.5)
+    trainer = _recording(model_dir=str(tmp_path), nan_calls=(8, 9, 10), learning_rate=lr,
+                         guard=GuardOptions(nonfinite_limit=3, rollback_lr_factor=0.5),
+                         checkpoint=CheckpointOptions(every_steps=4), steps_per_loop=1)
     history = trainer.fit(_ids_input(), train_steps=18)
     assert trainer.global_step == 18 and trainer.nonfinite_steps == 3
     # Rolled back to step 8 (the newest checkpoint) after steps 9-11 failed.
@@ -107,7 +110,8 @@ def test_k_nonfinite_steps_in_a_row_roll_back_and_lower_the_learning_rate(tmp_pa
 
 
 def test_nonfinite_stop_action_raises(tmp_path):
-    trainer = _recording(model_dir=str(tmp_path), nan_calls=(1, 2), nonfinite_limit=2, nonfinite_action="stop",
+    trainer = _recording(model_dir=str(tmp_path), nan_calls=(1, 2),
+                         guard=GuardOptions(nonfinite_limit=2, action="stop"),
                          steps_per_loop=1)
     with pytest.raises(NonFiniteError, match="2 non-finite steps in a row up to step 3"):
         trainer.fit(_ids_input(), train_steps=10)
@@ -140,8 +144,9 @@ def _scalar_steps(folder, tag):
 def test_rollbacks_compound_the_factor_and_stop_after_max_rollbacks(tmp_path, scheduled):
     lr = piecewise_constant_by_epoch(0.05, [100], [0.1], steps_per_epoch=6) if scheduled else 0.05
     # Every step from the third on is non-finite, whatever the learning rate: rollbacks cannot cure it.
-    trainer = _recording(model_dir=str(tmp_path), nan_calls=range(2, 1000), nonfinite_limit=2, learning_rate=lr,
-                         checkpoint_every_steps=2, steps_per_loop=1, rollback_lr_factor=0.5, max_rollbacks=3)
+    trainer = _recording(model_dir=str(tmp_path), nan_calls=range(2, 1000), learning_rate=lr,
+                         guard=GuardOptions(nonfinite_limit=2, rollback_lr_factor=0.5, max_rollbacks=3),
+                         checkpoint=CheckpointOptions(every_steps=2), steps_per_loop=1)
     with pytest.raises(NonFiniteError, match=r"after 3 rollback\(s\).*ckpt-2, is finite"):
         trainer.fit(_ids_input(), train_steps=600)
     # Each rollback halved the rate it found, not the checkpoint's: 0.5^3.
@@ -155,20 +160,20 @@ def test_rollbacks_compound_the_factor_and_stop_after_max_rollbacks(tmp_path, sc
 
 
 def test_rollback_count_survives_a_rerun(tmp_path):
-    trainer = _recording(model_dir=str(tmp_path), nan_calls=(4, 5), nonfinite_limit=2, checkpoint_every_steps=2,
-                         steps_per_loop=1, max_rollbacks=1)
+    trainer = _recording(model_dir=str(tmp_path), nan_calls=(4, 5), checkpoint=CheckpointOptions(every_steps=2),
+                         steps_per_loop=1, guard=GuardOptions(nonfinite_limit=2, max_rollbacks=1))
     trainer.fit(_ids_input(), train_steps=10)  # one rollback, from step 6 to ckpt-4, then fine
     assert trainer.global_step == 10 and trainer.learning_rate == pytest.approx(0.025)
-    again = _recording(model_dir=str(tmp_path), nan_calls=range(0, 1000), nonfinite_limit=2, steps_per_loop=1,
-                       max_rollbacks=1)
+    again = _recording(model_dir=str(tmp_path), nan_calls=range(0, 1000), steps_per_loop=1,
+                       guard=GuardOptions(nonfinite_limit=2, max_rollbacks=1))
     with pytest.raises(NonFiniteError, match=r"after 1 rollback\(s\)"):  # the saved count: no rollback left
         again.fit(_ids_input(), train_steps=20)
 
 
 def test_weights_that_become_nonfinite_are_never_checkpointed(tmp_path):
     # Guard off: a huge rate makes the weights overflow, and nothing stops the update.
-    trainer = _recording(model_dir=str(tmp_path), nonfinite_limit=None, learning_rate=1e30,
-                         checkpoint_every_steps=1, steps_per_loop=1, best_metric="eval_accuracy")
+    trainer = _recording(model_dir=str(tmp_path), guard=GuardOptions(nonfinite_limit=None), learning_rate=1e30,
+                         checkpoint=CheckpointOptions(every_steps=1, best_metric="eval_accuracy"), steps_per_loop=1)
     images, labels = _data()
     with pytest.raises(NonFiniteError, match=r"NaN/Inf in \d+ variable"):
         trainer.fit(_ids_input(), in_memory.eval_dataset(images, labels % 3, global_batch_size=GB), epochs=3)

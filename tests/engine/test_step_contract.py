@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
-from engine import Trainer
+from engine import GuardOptions, Trainer
 
 B, H, W = 8, 12, 12
 
@@ -146,13 +146,13 @@ def test_a_custom_step_that_bypasses_apply_gradients_is_refused_while_ema_is_on(
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     trainer = _OwnUpdate(model=model, optimizer=keras.optimizers.SGD(0.1), global_batch_size=8, progress=False,
                          loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
-                         ema_decay=0.5, nonfinite_limit=None)
+                         ema_decay=0.5, guard=GuardOptions(nonfinite_limit=None))
     with pytest.raises(ValueError, match=r"applied no update through self.apply_gradients, so ema_decay"):
         trainer.fit(_xy(), train_steps=1)
     # With nothing that needs it, the custom step is the user's business.
     plain = _OwnUpdate(model=model, optimizer=keras.optimizers.SGD(0.1), global_batch_size=8, progress=False,
                        loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
-                       nonfinite_limit=None)
+                       guard=GuardOptions(nonfinite_limit=None))
     plain.fit(_xy(), train_steps=2)
     assert int(plain.optimizer.iterations.numpy()) == 2
 
@@ -242,3 +242,15 @@ def test_an_optimizer_of_a_dict_must_be_built_first():
         built = keras.optimizers.SGD(0.1)
         built.build(model.trainable_variables)
         Trainer(model=model, optimizer={"a": built, "b": keras.optimizers.SGD(0.1)}, global_batch_size=8)
+
+
+def test_option_groups_refuse_bad_values_naming_them():
+    from engine import CheckpointOptions, GuardOptions
+
+    for build, message in [(lambda: GuardOptions(nonfinite_limit=0), "nonfinite_limit=0"),
+                           (lambda: GuardOptions(action="retry"), "action='retry'"),
+                           (lambda: GuardOptions(max_rollbacks=-1), "max_rollbacks=-1"),
+                           (lambda: CheckpointOptions(keep=0), "keep=0"),
+                           (lambda: CheckpointOptions(every_steps=0), "every_steps=0")]:
+        with pytest.raises(ValueError, match=message):
+            build()

@@ -11,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from datasets import in_memory
-from engine import DatasetInput, EpochInput, Trainer, piecewise_constant_by_epoch, sparse_accuracy
+from engine import (CheckpointOptions, DatasetInput, EpochInput, Trainer,
+                    piecewise_constant_by_epoch, sparse_accuracy)
 
 N, SIZE, CLASSES, GB = 96, 8, 3, 16
 
@@ -111,7 +112,8 @@ def test_resume_continues_exactly_where_the_checkpoint_left(tmp_path):
     straight = _trainer(weights=weights, steps_per_loop=3)
     straight.fit(train, train_steps=17)
 
-    first = _trainer(model_dir=str(tmp_path), weights=weights, steps_per_loop=3, checkpoint_every_steps=5)
+    first = _trainer(model_dir=str(tmp_path), weights=weights, steps_per_loop=3,
+                     checkpoint=CheckpointOptions(every_steps=5))
     first.fit(train, train_steps=10)
     assert sorted(os.path.basename(p) for p in glob.glob(str(tmp_path / "ckpt-*.index"))) == \
         ["ckpt-10.index", "ckpt-5.index", "ckpt-6.index"]  # every 5 steps and at the epoch end (6)
