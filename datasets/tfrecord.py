@@ -29,7 +29,7 @@ import numpy as np
 import tensorflow as tf
 from tqdm import tqdm
 
-from datasets.sources import ImageIndex
+from datasets.image_index import ImageIndex
 
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),

@@ -1,7 +1,7 @@
 """Throughput of the image input pipelines alone, and input wait when feeding the Trainer.
 
-    python -m datasets.benchmark --data_dir=../shared/data/cifar10
-    python -m datasets.benchmark --data_dir=../shared/data/cifar10 --source=folders,tfrecord --train_steps=200
+    python -m launch.benchmark_pipelines --data_dir=../shared/data/cifar10
+    python -m launch.benchmark_pipelines --data_dir=../shared/data/cifar10 --source=folders,tfrecord --train_steps=200
 
 For each form of the shared CIFAR-10 (class folders, CSV index, TFRecord shards
 written to a temporary folder unless --tfrecord is given) and each --cache mode it
