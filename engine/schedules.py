@@ -121,27 +121,6 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
         return {"schedule": keras.saving.serialize_keras_object(self.schedule), "warmup_steps": self.warmup_steps}
 
 
-class Cosine(keras.optimizers.schedules.LearningRateSchedule):
-    """Cosine decay from `base` to base x final_fraction over total_steps (Loshchilov & Hutter, SGDR, 2017).
-
-    rate(k) = final + (base - final) x (1 + cos(pi x min(k, T) / T)) / 2, T = total_steps.
-    """
-
-    def __init__(self, base_learning_rate: float, total_steps: int, final_fraction: float = 0.0):
-        if total_steps < 1:
-            raise ValueError(f"cosine schedule over {total_steps} steps: need at least 1")
-        self.base, self.total_steps, self.final_fraction = float(base_learning_rate), int(total_steps), final_fraction
-
-    def __call__(self, step):
-        progress = tf.minimum(tf.cast(step, tf.float32) / self.total_steps, 1.0)
-        final = self.base * self.final_fraction
-        return final + (self.base - final) * 0.5 * (1.0 + tf.cos(math.pi * progress))
-
-    def get_config(self):
-        return {"base_learning_rate": self.base, "total_steps": self.total_steps,
-                "final_fraction": self.final_fraction}
-
-
 class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
     """The one-cycle policy (Smith & Topin, "Super-Convergence", 2018), cosine-annealed.
 
@@ -221,7 +200,16 @@ def build_schedule(
     elif name == "constant":
         schedule = Constant(base_learning_rate)
     elif name == "cosine":
-        schedule = Cosine(base_learning_rate, total_steps)
+        # Keras's own: linear warm-up from 0 to the base rate, then cosine decay to 0 at the
+        # last step (Loshchilov & Hutter, SGDR, 2017; Goyal et al. 2017 for the warm-up).
+        warmup_steps = round(warmup_epochs * steps_per_epoch)
+        if warmup_steps >= total_steps:
+            raise ValueError(f"--warmup_epochs={warmup_epochs:g} ({warmup_steps} steps) leaves none of the "
+                             f"{total_steps} steps to decay")
+        if not warmup_steps:
+            return keras.optimizers.schedules.CosineDecay(base_learning_rate, total_steps, alpha=0.0)
+        return keras.optimizers.schedules.CosineDecay(0.0, total_steps - warmup_steps, alpha=0.0,
+                                                      warmup_target=base_learning_rate, warmup_steps=warmup_steps)
     else:
         if warmup_epochs:
             raise ValueError("--warmup_epochs does not apply to --lr_schedule=onecycle (it warms up itself)")

@@ -29,3 +29,17 @@ def test_no_boundaries_is_a_constant_rate():
 def test_bad_boundaries_are_refused(boundaries, multipliers, message):
     with pytest.raises(ValueError, match=message):
         piecewise_constant_by_epoch(0.1, boundaries, multipliers, steps_per_epoch=10)
+
+
+@pytest.mark.parametrize("warmup_epochs", [0, 2])
+def test_cosine_warms_up_to_the_base_rate_and_ends_at_zero_on_the_last_step(warmup_epochs):
+    from engine.schedules import build_schedule
+
+    schedule = build_schedule("cosine", 0.4, steps_per_epoch=10, total_steps=100, warmup_epochs=warmup_epochs)
+    warmup = warmup_epochs * 10
+    assert float(schedule(warmup)) == pytest.approx(0.4)  # the peak, right after the warm-up
+    if warmup:
+        assert float(schedule(warmup // 2)) == pytest.approx(0.2)  # linear from 0
+    middle = warmup + (100 - warmup) // 2
+    assert float(schedule(middle)) == pytest.approx(0.2, abs=1e-6)  # half-way down the cosine
+    assert float(schedule(100)) == pytest.approx(0.0, abs=1e-7)
