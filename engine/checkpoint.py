@@ -85,7 +85,7 @@ class Checkpointer:
             except (ValueError, AssertionError) as e:
                 raise ValueError(
                     f"checkpoint {path} does not match this model ({_first_line(e)}); it was left as it is: "
-                    "use another --model_dir, or the flags that wrote it") from e
+                    "use another model_dir, or the settings that wrote it") from e
         if candidates:
             raise ValueError(f"no readable checkpoint among {', '.join(candidates)}; they were left as they are")
         return None

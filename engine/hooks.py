@@ -245,7 +245,7 @@ class Profiler:
 
     def __init__(self, logdir: str, start: int, stop: int):
         if not 0 <= start < stop:
-            raise ValueError(f"--profile_steps={start},{stop}: need 0 <= start < stop")
+            raise ValueError(f"profile_steps={start},{stop}: need 0 <= start < stop")
         self.logdir, self.start, self.stop = logdir, start, stop
         self.active = False
         self.done = False
@@ -286,7 +286,7 @@ class MaxTime:
 
     def __init__(self, seconds: float):
         if seconds <= 0:
-            raise ValueError(f"--max_time={seconds} must be positive (seconds)")
+            raise ValueError(f"max_time={seconds} must be positive (seconds)")
         self.seconds = seconds
         self._start = None
 
@@ -311,9 +311,9 @@ def parse_profile_steps(values: Sequence[str] | None) -> tuple[int, int] | None:
     try:
         start, stop = (int(v) for v in values)
     except ValueError:
-        raise ValueError(f"--profile_steps={','.join(values)} must be two integers start,stop") from None
+        raise ValueError(f"profile_steps={','.join(values)} must be two integers start,stop") from None
     if not 0 <= start < stop:
-        raise ValueError(f"--profile_steps={start},{stop}: need 0 <= start < stop")
+        raise ValueError(f"profile_steps={start},{stop}: need 0 <= start < stop")
     return start, stop
 
 

@@ -24,7 +24,7 @@ def sparse_categorical_crossentropy(*, from_logits: bool = True, label_smoothing
       ValueError: if label_smoothing is outside [0, 1).
     """
     if not 0 <= label_smoothing < 1:
-        raise ValueError(f"--label_smoothing={label_smoothing} must be in [0, 1)")
+        raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
 
     def loss(labels, outputs):
         outputs = tf.cast(outputs, tf.float32)

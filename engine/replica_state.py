@@ -21,6 +21,7 @@ of the updated copies equals the mean of the updates, i.e. aggregation MEAN.
 from __future__ import annotations
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 
@@ -85,7 +86,7 @@ def keep_finite(variables: list[keras.Variable], before: list[tf.Tensor]) -> Non
     A step whose activations overflow feeds NaN/Inf batch statistics into
     BatchNorm's moving averages; the non-finite guard skips the step's weight
     update, and this keeps its state update out too, so no later evaluation or
-    checkpoint inherits it.
+    checkpoint inherits it. One check over all of them (a concatenation).
 
     Args:
       variables: from `updated_state`.
@@ -93,7 +94,8 @@ def keep_finite(variables: list[keras.Variable], before: list[tf.Tensor]) -> Non
     """
     if not variables:
         return
-    finite = tf.reduce_all([tf.reduce_all(tf.math.is_finite(tf.convert_to_tensor(v))) for v in variables])
+    finite = tf.reduce_all(tf.math.is_finite(
+        tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1]) for v in variables], 0)))
 
     def put_back():
         for v, value in zip(variables, before):
@@ -106,9 +108,10 @@ def keep_finite(variables: list[keras.Variable], before: list[tf.Tensor]) -> Non
 def average(variables: list[keras.Variable]) -> None:
     """In a replica context: sets each replica's copy of `variables` to their mean over replicas.
 
-    One all-reduce for all of them (tf.distribute packs the tensors). Reads come
-    after the step's updates of the same variables: stateful ops on one resource
-    keep program order inside a tf.function.
+    The variables are flattened into one float32 vector and all-reduced once (one
+    collective per step, whatever the number of layers), then split back. Reads
+    come after the step's updates of the same variables: stateful ops on one
+    resource keep program order inside a tf.function.
 
     Args:
       variables: from `local_state`; nothing happens for [].
@@ -116,15 +119,14 @@ def average(variables: list[keras.Variable]) -> None:
     if not variables:
         return
     ctx = tf.distribute.get_replica_context()
-    values = []
-    for v in variables:
-        # Placed on the replica's device: with merge_call (MultiWorkerMirroredStrategy on
-        # CPUs), the all-reduce sends each value back to the device it names.
-        with tf.device(_tf_variable(v).device):
-            values.append(tf.identity(tf.convert_to_tensor(v)))
-    means = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, values)
-    for v, mean in zip(variables, means):
-        v.assign(mean)
+    # Placed on the replica's device: with merge_call (MultiWorkerMirroredStrategy on
+    # CPUs), the all-reduce sends the value back to the device it names.
+    with tf.device(_tf_variable(variables[0]).device):
+        flat = tf.concat([tf.reshape(tf.cast(v, tf.float32), [-1]) for v in variables], 0)  # [total size]
+    mean = ctx.all_reduce(tf.distribute.ReduceOp.MEAN, flat)
+    sizes = [int(np.prod(v.shape)) for v in variables]
+    for v, part in zip(variables, tf.split(mean, sizes)):
+        v.assign(tf.cast(tf.reshape(part, v.shape), v.dtype))
 
 
 def _tf_variable(v) -> tf.Variable:

@@ -43,15 +43,15 @@ def piecewise_constant_by_epoch(
     """
     boundaries, multipliers = list(boundaries), list(multipliers)
     if len(boundaries) != len(multipliers):
-        raise ValueError(f"--lr_boundaries has {len(boundaries)} values but --lr_multipliers has "
+        raise ValueError(f"lr_boundaries has {len(boundaries)} values but lr_multipliers has "
                          f"{len(multipliers)}: give one multiplier per boundary")
     if any(b <= 0 for b in boundaries) or any(b2 <= b1 for b1, b2 in zip(boundaries, boundaries[1:])):
-        raise ValueError(f"--lr_boundaries={','.join(map(str, boundaries))} must be positive and increasing")
+        raise ValueError(f"lr_boundaries={','.join(map(str, boundaries))} must be positive and increasing")
     if not boundaries:
         return base_learning_rate
     steps = [round(b * steps_per_epoch) for b in boundaries]
     if len(set(steps)) != len(steps) or steps and steps[0] < 1:
-        raise ValueError(f"--lr_boundaries={','.join(map(str, boundaries))} fall on steps {steps} "
+        raise ValueError(f"lr_boundaries={','.join(map(str, boundaries))} fall on steps {steps} "
                          f"with {steps_per_epoch} steps per epoch; they must be distinct and >= 1")
     values = [base_learning_rate] + [base_learning_rate * m for m in multipliers]
     # PiecewiseConstantDecay switches to values[i+1] once step > boundaries[i], so
@@ -190,9 +190,9 @@ def build_schedule(
       ValueError: naming the flag of a bad value.
     """
     if name not in SCHEDULES:
-        raise ValueError(f"--lr_schedule={name!r} is not one of {', '.join(SCHEDULES)}")
+        raise ValueError(f"lr_schedule={name!r} is not one of {', '.join(SCHEDULES)}")
     if warmup_epochs < 0:
-        raise ValueError(f"--warmup_epochs={warmup_epochs} must not be negative")
+        raise ValueError(f"warmup_epochs={warmup_epochs} must not be negative")
     if name == "piecewise":
         schedule = piecewise_constant_by_epoch(base_learning_rate, boundaries, multipliers, steps_per_epoch)
         if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
@@ -204,7 +204,7 @@ def build_schedule(
         # last step (Loshchilov & Hutter, SGDR, 2017; Goyal et al. 2017 for the warm-up).
         warmup_steps = round(warmup_epochs * steps_per_epoch)
         if warmup_steps >= total_steps:
-            raise ValueError(f"--warmup_epochs={warmup_epochs:g} ({warmup_steps} steps) leaves none of the "
+            raise ValueError(f"warmup_epochs={warmup_epochs:g} ({warmup_steps} steps) leaves none of the "
                              f"{total_steps} steps to decay")
         if not warmup_steps:
             return keras.optimizers.schedules.CosineDecay(base_learning_rate, total_steps, alpha=0.0)
@@ -212,7 +212,7 @@ def build_schedule(
                                                       warmup_target=base_learning_rate, warmup_steps=warmup_steps)
     else:
         if warmup_epochs:
-            raise ValueError("--warmup_epochs does not apply to --lr_schedule=onecycle (it warms up itself)")
+            raise ValueError("warmup_epochs does not apply to lr_schedule=onecycle (it warms up itself)")
         return OneCycle(base_learning_rate, total_steps)
     warmup_steps = round(warmup_epochs * steps_per_epoch)
     return LinearWarmup(schedule, warmup_steps) if warmup_steps else schedule

@@ -1,12 +1,16 @@
 """The Trainer: a custom training loop on tf.GradientTape under a tf.distribute strategy.
 
 Loop shape, in the spirit of TF Model Garden's Orbit:
-  * eager, per loop: choose how many steps to run, call the compiled loop, read the
-    metrics, write summaries, advance the progress bar, checkpoint;
-  * graph, per loop: up to `steps_per_loop` steps, the count passed as a tensor so
-    that changing it never retraces; each step is `strategy.run(train_step, ...)`.
-A new task subclasses Trainer and overrides `train_step` / `test_step` (or only
-`compute_loss`); the loop, the distribution and the checkpoints stay as they are.
+  * eager, per loop (engine/controller.py): choose how many steps to run, call the
+    compiled loop, read the metrics, then the actions: summaries, progress bar,
+    rollback, hooks, checkpoint;
+  * graph, per loop (engine/loops.py): up to `steps_per_loop` steps, the count
+    passed as a tensor so that changing it never retraces; each step is
+    `strategy.run` of one replica's `train_step`.
+This module holds the Trainer's construction and its step contract; the update
+that any train_step applies is engine/update.py. A new task subclasses Trainer and
+overrides `compute_loss`, `train_step` / `test_step` or `update_metrics`; the loop,
+the distribution and the checkpoints stay as they are.
 
 Steps and data position: `step` counts the global batches consumed. It is saved in
 every checkpoint and, with the seed, fixes where the data stands (see
@@ -22,7 +26,6 @@ import functools
 import os
 import re
 from typing import Callable, Mapping, Sequence
-
 
 import keras
 import numpy as np

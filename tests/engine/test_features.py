@@ -212,9 +212,9 @@ def test_nesterov_and_decoupled_weight_decay_change_the_update():
     # biases are excluded.
     decayed = weights(weight_decay=0.5)
     assert np.abs(decayed[0]).sum() < np.abs(plain[0]).sum()
-    with pytest.raises(ValueError, match="--nesterov applies to --optimizer=sgd"):
+    with pytest.raises(ValueError, match="nesterov applies to optimizer=sgd"):
         build_optimizer("adam", 0.1, nesterov=True)
-    with pytest.raises(ValueError, match="--optimizer='lion'"):
+    with pytest.raises(ValueError, match="optimizer='lion'"):
         build_optimizer("lion", 0.1)
 
 

@@ -172,9 +172,9 @@ def test_schedules_warmup_cosine_onecycle_values():
                                                                                                values[26:]))
     built = schedules.build_schedule("cosine", 0.8, steps_per_epoch=10, total_steps=100, warmup_epochs=1)
     assert float(built(5)) == pytest.approx(0.4) and float(built(10)) == pytest.approx(0.8)
-    with pytest.raises(ValueError, match="--warmup_epochs does not apply to --lr_schedule=onecycle"):
+    with pytest.raises(ValueError, match="warmup_epochs does not apply to lr_schedule=onecycle"):
         schedules.build_schedule("onecycle", 0.1, steps_per_epoch=10, total_steps=100, warmup_epochs=1)
-    with pytest.raises(ValueError, match="--lr_schedule='step'"):
+    with pytest.raises(ValueError, match="lr_schedule='step'"):
         schedules.build_schedule("step", 0.1, steps_per_epoch=10, total_steps=100)
 
 
