@@ -182,6 +182,8 @@ class TrainConfig:
             raise ValueError(f"--decoupled_weight_decay={self.decoupled_weight_decay:g} must not be negative")
         if self.warmup_epochs < 0:
             raise ValueError(f"--warmup_epochs={self.warmup_epochs:g} must not be negative")
+        if self.warmup_epochs and self.lr_schedule == "onecycle":
+            raise ValueError("--warmup_epochs does not apply to --lr_schedule=onecycle (it warms up itself)")
         for name in ("plateau_patience", "early_stopping_patience", "histogram_every_epochs"):
             if getattr(self, name) < 0:
                 raise ValueError(f"--{name}={getattr(self, name)} must be 0 (off) or positive")

@@ -28,8 +28,8 @@ def test_flags_build_the_same_cluster():
     (dict(worker_hosts=["a:1"], task_type="ps", task_index=0), "task type 'ps' is not a job"),
     (dict(worker_hosts=["a:1", "a:1"], task_type="worker", task_index=0), "a:1 is given to more than one task"),
     (dict(worker_hosts=["a"], task_type="worker", task_index=0), "'a' is not host:port"),
-    (dict(worker_hosts=["a:1"]), "needs --task_type and --task_index"),
-    (dict(ps_hosts=["a:1"]), "need --worker_hosts"),
+    (dict(worker_hosts=["a:1"]), "needs task_type and task_index"),
+    (dict(ps_hosts=["a:1"]), "need worker_hosts"),
 ])
 def test_inconsistent_clusters_are_refused(kwargs, message):
     with pytest.raises(ValueError, match=message):
