@@ -7,8 +7,11 @@ import math
 import os
 import shutil
 import sys
+from typing import Mapping
 
 import tensorflow as tf
+
+from engine.rollback import NonFiniteError
 
 # What a truncated or damaged checkpoint file raises on restore (a truncated data
 # file gives IndexError "Read less bytes than requested" in TF 2.21).
@@ -188,4 +191,105 @@ class BestCheckpoint:
         previous, self.info = self.info, info
         if previous and os.path.dirname(previous["checkpoint"]) != folder:
             shutil.rmtree(os.path.join(self.directory, os.path.dirname(previous["checkpoint"])), ignore_errors=True)
+        return True
+
+
+class CheckpointMixin:
+    """The Trainer's checkpoint API: restore, the saves (each refused with NaN/Inf), task items, weights."""
+
+    def checkpoint_items(self) -> Mapping[str, object]:
+        """Extra state a task checkpoints beside the model and optimizers: {name: trackable}.
+
+        Override to save a second model (a discriminator, a teacher) or any
+        tf.Variable or trackable; each is saved and restored with every
+        checkpoint, under its name. Read when fit (or restore) first runs.
+        """
+        return {}
+
+    def _attach_checkpoint_items(self) -> None:
+        if self._items_attached or not self.checkpointer:
+            return
+        taken = {"model", "optimizer", "optimizers", "step", "nonfinite_steps", "lr_scale", "rollbacks", "ema",
+                 "grad_accumulators", "save_counter"}
+        for name, item in self.checkpoint_items().items():
+            if name in taken:
+                raise ValueError(f"checkpoint_items name {name!r} is taken by the Trainer's own state")
+            setattr(self.checkpointer.checkpoint, name, item)
+        self._items_attached = True
+
+    def restore(self) -> str | None:
+        """Restores the newest readable checkpoint in model_dir, once; returns its path or None.
+
+        Raises:
+          ValueError: if the checkpoint does not fit the model (see Checkpointer).
+        """
+        if not self.model_built:
+            raise ValueError(f"model {self.model.name} has no variables to restore yet; call fit (which builds it "
+                             "from the first batch) or build it under strategy.scope() first")
+        self._attach_checkpoint_items()
+        if self.checkpointer and not self._restored:
+            self.restored_from = self.checkpointer.restore_latest()
+            self._last_saved_step = self.global_step if self.restored_from else None
+            if self.restored_from:
+                self._restore_hook_state(self.global_step)
+        self._restored = True
+        return self.restored_from
+
+    def _save(self, step: int) -> str | None:
+        """Checkpoints at `step` unless that step is saved already; returns the path.
+
+        Raises:
+          NonFiniteError: if a variable to save is NaN/Inf; nothing is written.
+        """
+        if not self.checkpointer:
+            return None
+        if step != self._last_saved_step:
+            if not self.guard.state_finite():
+                raise NonFiniteError(f"checkpoint not written: {self.guard.describe(step)}; the newest finite "
+                                     f"checkpoint is {self.checkpointer.latest or 'none'}")
+            self.checkpointer.save(step)
+            self._last_saved_step = step
+            self._save_hook_state(step)
+        return self.checkpointer.latest
+
+    def save_weights(self, name: str) -> str | None:
+        """Writes the model's weights (a TF checkpoint) to `<model_dir>/<name>`, for hooks.
+
+        Every worker must call it, as for any multi-worker save; only the chief's
+        copy is kept (the others write to their scratch folder and delete it).
+
+        Args:
+          name: checkpoint prefix relative to model_dir, e.g. "early_stopping/step-300".
+
+        Returns:
+          The prefix under model_dir, or None without a model_dir.
+
+        Raises:
+          NonFiniteError: if a weight is NaN/Inf; nothing is written.
+        """
+        if not self.model_dir:
+            return None
+        if not self.guard.state_finite():
+            raise NonFiniteError(f"weights {name} not written: {self.guard.describe(self.global_step)}")
+        weights = tf.train.Checkpoint(model=self.model)
+        if self._scratch:
+            weights.write(os.path.join(self._scratch, name))
+            remove_scratch(self._scratch)
+        else:
+            weights.write(os.path.join(self.model_dir, name))
+        return os.path.join(self.model_dir, name)
+
+    def load_weights(self, name: str) -> bool:
+        """Sets the model's weights from `<model_dir>/<name>` (written by save_weights).
+
+        Returns:
+          False, changing nothing, when there is no model_dir or no such checkpoint.
+
+        Raises:
+          AssertionError: if the checkpoint does not fit the model.
+        """
+        prefix = os.path.join(self.model_dir, name) if self.model_dir else None
+        if prefix is None or not tf.io.gfile.exists(prefix + ".index"):
+            return False
+        tf.train.Checkpoint(model=self.model).read(prefix).assert_existing_objects_matched()
         return True

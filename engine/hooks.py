@@ -28,7 +28,7 @@ import json
 import math
 import os
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
@@ -347,3 +347,78 @@ def restore_hook_state(hooks, model_dir: str, step: int) -> None:
     for key, hook in stateful.items():
         if key in state["hooks"]:
             hook.set_state(state["hooks"][key])
+
+
+class _CallableHook:
+    """A plain function fn(trainer, logs) called at one event."""
+
+    def __init__(self, event: str, fn):
+        self.event, self.fn = event, fn
+
+    def __getattr__(self, name):
+        if name == f"on_{self.event}":
+            return (lambda trainer: self.fn(trainer, {})) if self.event == "train_begin" else self.fn
+        raise AttributeError(name)
+
+
+class HooksMixin:
+    """The Trainer's hook API: add_hook, request_stop, the on_* methods a subclass may override.
+
+    The controller (engine/controller.py) calls `_call_hooks` at each event; hooks'
+    own state is saved beside each checkpoint and given back on restore.
+    """
+
+    def add_hook(self, event: str, fn: Callable) -> None:
+        """Calls fn(trainer, logs) at `event`: train_begin (logs {}), loop_end, epoch_end or train_end (history).
+
+        Raises:
+          ValueError: on an unknown event.
+        """
+        if event not in HOOK_EVENTS:
+            raise ValueError(f"hook event {event!r} is not one of {', '.join(HOOK_EVENTS)}")
+        self._hooks.append(_CallableHook(event, fn))
+
+    def request_stop(self, reason: str) -> None:
+        """Ends fit at the next loop or epoch end, with a checkpoint; `stopped_by` becomes `reason`."""
+        self._stop_reason = reason
+
+    def on_train_begin(self) -> None:
+        """Subclass hook: before the first step of fit."""
+
+    def on_loop_end(self, logs: dict[str, float]) -> None:
+        """Subclass hook: after each compiled loop, with its logs."""
+
+    def on_epoch_end(self, logs: dict[str, float]) -> None:
+        """Subclass hook: after each epoch's checkpoint and evaluation."""
+
+    def on_train_end(self, history: dict[str, list[float]]) -> None:
+        """Subclass hook: when fit returns."""
+
+    def _call_hooks(self, event: str, logs=None) -> None:
+        own = getattr(self, f"on_{event}")
+        if event == "train_begin":
+            own()
+        else:
+            own(logs)
+        for hook in self._hooks:
+            method = getattr(hook, f"on_{event}", None)
+            if method is not None:
+                method(self) if event == "train_begin" else method(self, logs)
+
+    def _agree(self, flag: bool) -> bool:
+        """Multi-worker: True if any worker's flag is set, so all stop at the same step."""
+        if not (self._multi_worker and isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)):
+            return flag
+        value = tf.constant(1.0 if flag else 0.0)
+        total = self.strategy.reduce(tf.distribute.ReduceOp.SUM,
+                                     self.strategy.run(lambda: tf.identity(value)), axis=None)
+        return float(total) > 0
+
+    def _save_hook_state(self, step: int) -> None:
+        """Writes the hooks' own state for checkpoint `step` (chief only; see engine/hooks.py)."""
+        if self.model_dir and self.is_chief:
+            save_hook_state(self._hooks, self.model_dir, step)
+
+    def _restore_hook_state(self, step: int) -> None:
+        if self.model_dir:
+            restore_hook_state(self._hooks, self.model_dir, step)

@@ -32,10 +32,9 @@ import numpy as np
 import tensorflow as tf
 
 from engine import batch_norm, distribution
-from engine import hooks as hooks_lib
-from engine.checkpoint import BestCheckpoint, Checkpointer, remove_scratch
+from engine.checkpoint import BestCheckpoint, CheckpointMixin, Checkpointer, remove_scratch
 from engine.controller import Controller
-from engine.hooks import HOOK_EVENTS
+from engine.hooks import HooksMixin
 from engine.inputs import DatasetInput, EpochInput, retire
 from engine.loops import LoopsMixin
 from engine.options import CheckpointOptions, GuardOptions, KernelOptions
@@ -46,6 +45,8 @@ from engine.schedules import ScaledSchedule
 from engine.summaries import Summaries
 from engine.update import UpdateMixin
 
+
+__all__ = ["Trainer", "NonFiniteError", "sparse_accuracy", "MetricsFactory"]  # NonFiniteError: from engine.rollback
 
 MetricsFactory = Callable[[], Mapping[str, keras.metrics.Metric]]
 
@@ -71,19 +72,7 @@ def _to_float32(outputs):
         lambda o: tf.cast(o, tf.float32) if o.dtype.is_floating and o.dtype != tf.float32 else o, outputs)
 
 
-class _CallableHook:
-    """A plain function fn(trainer, logs) called at one event."""
-
-    def __init__(self, event: str, fn: Callable):
-        self.event, self.fn = event, fn
-
-    def __getattr__(self, name):
-        if name == f"on_{self.event}":
-            return (lambda trainer: self.fn(trainer, {})) if self.event == "train_begin" else self.fn
-        raise AttributeError(name)
-
-
-class Trainer(UpdateMixin, LoopsMixin):
+class Trainer(UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
     """Trains, evaluates and checkpoints a Keras model with a custom distributed loop.
 
     The subclassing contract, the shape Keras's trainer has (all per replica, in
@@ -346,26 +335,6 @@ class Trainer(UpdateMixin, LoopsMixin):
             if self._ema_pairs:
                 self.checkpointer.checkpoint.ema = [shadow for _, shadow in self._ema_pairs]
 
-    def checkpoint_items(self) -> Mapping[str, object]:
-        """Extra state a task checkpoints beside the model and optimizers: {name: trackable}.
-
-        Override to save a second model (a discriminator, a teacher) or any
-        tf.Variable or trackable; each is saved and restored with every
-        checkpoint, under its name. Read when fit (or restore) first runs.
-        """
-        return {}
-
-    def _attach_checkpoint_items(self) -> None:
-        if self._items_attached or not self.checkpointer:
-            return
-        taken = {"model", "optimizer", "optimizers", "step", "nonfinite_steps", "lr_scale", "rollbacks", "ema",
-                 "grad_accumulators", "save_counter"}
-        for name, item in self.checkpoint_items().items():
-            if name in taken:
-                raise ValueError(f"checkpoint_items name {name!r} is taken by the Trainer's own state")
-            setattr(self.checkpointer.checkpoint, name, item)
-        self._items_attached = True
-
     def build_model(self, element_spec) -> None:
         """Creates the model's variables from a batch's spec, under the strategy's scope; no-op if built.
 
@@ -593,24 +562,6 @@ class Trainer(UpdateMixin, LoopsMixin):
         """The learning rate of the next update."""
         return float(np.asarray(self.optimizer.learning_rate))
 
-    def restore(self) -> str | None:
-        """Restores the newest readable checkpoint in model_dir, once; returns its path or None.
-
-        Raises:
-          ValueError: if the checkpoint does not fit the model (see Checkpointer).
-        """
-        if not self.model_built:
-            raise ValueError(f"model {self.model.name} has no variables to restore yet; call fit (which builds it "
-                             "from the first batch) or build it under strategy.scope() first")
-        self._attach_checkpoint_items()
-        if self.checkpointer and not self._restored:
-            self.restored_from = self.checkpointer.restore_latest()
-            self._last_saved_step = self.global_step if self.restored_from else None
-            if self.restored_from:
-                self._restore_hook_state(self.global_step)
-        self._restored = True
-        return self.restored_from
-
     def evaluate(self, data: tf.data.Dataset) -> dict[str, float]:
         """Evaluates on every example of `data` once, the last partial batch included.
 
@@ -694,20 +645,6 @@ class Trainer(UpdateMixin, LoopsMixin):
 
     # --- Hooks and run control (eager) -------------------------------------------------
 
-    def add_hook(self, event: str, fn: Callable) -> None:
-        """Calls fn(trainer, logs) at `event`: train_begin (logs {}), loop_end, epoch_end or train_end (history).
-
-        Raises:
-          ValueError: on an unknown event.
-        """
-        if event not in HOOK_EVENTS:
-            raise ValueError(f"hook event {event!r} is not one of {', '.join(HOOK_EVENTS)}")
-        self._hooks.append(_CallableHook(event, fn))
-
-    def request_stop(self, reason: str) -> None:
-        """Ends fit at the next loop or epoch end, with a checkpoint; `stopped_by` becomes `reason`."""
-        self._stop_reason = reason
-
     def say(self, line: str) -> None:
         """Prints a line above the progress bar (chief only)."""
         if self.is_chief:
@@ -733,51 +670,10 @@ class Trainer(UpdateMixin, LoopsMixin):
         """Writes TensorBoard histograms to model_dir/train (chief only)."""
         self.summaries.histograms("train", tensors, step)
 
-    def on_train_begin(self) -> None:
-        """Subclass hook: before the first step of fit."""
-
-    def on_loop_end(self, logs: dict[str, float]) -> None:
-        """Subclass hook: after each compiled loop, with its logs."""
-
-    def on_epoch_end(self, logs: dict[str, float]) -> None:
-        """Subclass hook: after each epoch's checkpoint and evaluation."""
-
-    def on_train_end(self, history: dict[str, list[float]]) -> None:
-        """Subclass hook: when fit returns."""
-
-    def _call_hooks(self, event: str, logs=None) -> None:
-        own = getattr(self, f"on_{event}")
-        if event == "train_begin":
-            own()
-        else:
-            own(logs)
-        for hook in self._hooks:
-            method = getattr(hook, f"on_{event}", None)
-            if method is not None:
-                method(self) if event == "train_begin" else method(self, logs)
-
-    def _agree(self, flag: bool) -> bool:
-        """Multi-worker: True if any worker's flag is set, so all stop at the same step."""
-        if not (self._multi_worker and isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)):
-            return flag
-        value = tf.constant(1.0 if flag else 0.0)
-        total = self.strategy.reduce(tf.distribute.ReduceOp.SUM,
-                                     self.strategy.run(lambda: tf.identity(value)), axis=None)
-        return float(total) > 0
-
     # --- Eager helpers ----------------------------------------------------------------
 
     def _preemption_handler(self):
         return checkpoint_handler(self)
-
-    def _save_hook_state(self, step: int) -> None:
-        """Writes the hooks' own state for checkpoint `step` (chief only; see engine/hooks.py)."""
-        if self.model_dir and self.is_chief:
-            hooks_lib.save_hook_state(self._hooks, self.model_dir, step)
-
-    def _restore_hook_state(self, step: int) -> None:
-        if self.model_dir:
-            hooks_lib.restore_hook_state(self._hooks, self.model_dir, step)
 
     def _evaluate_and_log(self, eval_data, step: int) -> dict[str, float]:
         results = self.evaluate(eval_data)
@@ -793,63 +689,3 @@ class Trainer(UpdateMixin, LoopsMixin):
             else:
                 remove_scratch(self._scratch)
         return results
-
-    def _save(self, step: int) -> str | None:
-        """Checkpoints at `step` unless that step is saved already; returns the path.
-
-        Raises:
-          NonFiniteError: if a variable to save is NaN/Inf; nothing is written.
-        """
-        if not self.checkpointer:
-            return None
-        if step != self._last_saved_step:
-            if not self.guard.state_finite():
-                raise NonFiniteError(f"checkpoint not written: {self.guard.describe(step)}; the newest finite "
-                                     f"checkpoint is {self.checkpointer.latest or 'none'}")
-            self.checkpointer.save(step)
-            self._last_saved_step = step
-            self._save_hook_state(step)
-        return self.checkpointer.latest
-
-    def save_weights(self, name: str) -> str | None:
-        """Writes the model's weights (a TF checkpoint) to `<model_dir>/<name>`, for hooks.
-
-        Every worker must call it, as for any multi-worker save; only the chief's
-        copy is kept (the others write to their scratch folder and delete it).
-
-        Args:
-          name: checkpoint prefix relative to model_dir, e.g. "early_stopping/step-300".
-
-        Returns:
-          The prefix under model_dir, or None without a model_dir.
-
-        Raises:
-          NonFiniteError: if a weight is NaN/Inf; nothing is written.
-        """
-        if not self.model_dir:
-            return None
-        if not self.guard.state_finite():
-            raise NonFiniteError(f"weights {name} not written: {self.guard.describe(self.global_step)}")
-        weights = tf.train.Checkpoint(model=self.model)
-        if self._scratch:
-            weights.write(os.path.join(self._scratch, name))
-            remove_scratch(self._scratch)
-        else:
-            weights.write(os.path.join(self.model_dir, name))
-        return os.path.join(self.model_dir, name)
-
-    def load_weights(self, name: str) -> bool:
-        """Sets the model's weights from `<model_dir>/<name>` (written by save_weights).
-
-        Returns:
-          False, changing nothing, when there is no model_dir or no such checkpoint.
-
-        Raises:
-          AssertionError: if the checkpoint does not fit the model.
-        """
-        prefix = os.path.join(self.model_dir, name) if self.model_dir else None
-        if prefix is None or not tf.io.gfile.exists(prefix + ".index"):
-            return False
-        tf.train.Checkpoint(model=self.model).read(prefix).assert_existing_objects_matched()
-        return True
-
