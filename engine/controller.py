@@ -100,8 +100,7 @@ class Controller:
                     break
         finally:
             bar.close()
-        if not t.guard.state_finite():
-            t.guard.rollback(step, t.guard.describe(step))
+        if self._rolled_back_on_nonfinite_weights(step):
             return t.global_step, iterator
         self._end_epoch(epoch, step, logs, timing)
         return step, iterator
@@ -154,14 +153,21 @@ class Controller:
             t.stopped_by = t._stop_reason or "another worker's hook"
             return "stop"
         if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
-            if not t.guard.state_finite():
-                t.guard.rollback(step, t.guard.describe(step))
+            if self._rolled_back_on_nonfinite_weights(step):
                 return "rollback"
             if not t.guard.in_streak():
                 t._save(step)
         if self.preemption:  # All workers call it at the same steps, as it requires.
             self.preemption.save_checkpoint_if_preempted()
         return None
+
+    def _rolled_back_on_nonfinite_weights(self, step: int) -> bool:
+        """Before a checkpoint: rolls back (or raises, see NonFiniteGuard) if a variable is NaN/Inf."""
+        guard = self.trainer.guard
+        if guard.state_finite():
+            return False
+        guard.rollback(step, guard.describe(step))
+        return True
 
     def _end_epoch(self, epoch: int, step: int, logs: dict, timing: "_EpochTiming") -> None:
         """Checkpoint, evaluation, history, the epoch line and the epoch-end hooks."""

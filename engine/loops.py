@@ -58,7 +58,7 @@ class LoopsMixin:
                     batch = next(iterator)
                 with tf.control_dependencies(tf.nest.flatten(self._local_tensors(batch))):
                     self._input_wait.assign_add(tf.timestamp() - start)
-            updates = self._updates_applied()
+            updates = self._updates_applied() if self._ema_pairs else None  # read only when the EMA needs it
             self.strategy.run(self._replica_train_step, args=(batch,))
             self._step.assign_add(1)
             if self._ema_pairs:
