@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import os
 import shutil
 import sys
@@ -11,11 +10,16 @@ from typing import Mapping
 
 import tensorflow as tf
 
+from engine.files import is_better, mode_for, write_atomic
 from engine.rollback import NonFiniteError
 
 # What a truncated or damaged checkpoint file raises on restore (a truncated data
 # file gives IndexError "Read less bytes than requested" in TF 2.21).
 _CORRUPT_ERRORS = (tf.errors.OpError, IndexError, OSError)
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (disk full, no permission); the message names the one kept."""
 
 
 class Checkpointer:
@@ -78,6 +82,7 @@ class Checkpointer:
         """
         candidates = list(reversed(self._all()))
         for path in candidates:
+            status = None
             try:
                 status = self.checkpoint.restore(path)
                 status.assert_existing_objects_matched()
@@ -86,9 +91,11 @@ class Checkpointer:
                 sys.stderr.write(f"warning: checkpoint {path} is unreadable ({_first_line(e)}); "
                                  "trying the one before it\n")
             except (ValueError, AssertionError) as e:
+                if status is not None:
+                    status.expect_partial()  # No pages of "value not found" warnings when it is collected.
                 raise ValueError(
-                    f"checkpoint {path} does not match this model ({_first_line(e)}); it was left as it is: "
-                    "use another model_dir, or the settings that wrote it") from e
+                    f"checkpoint {path} does not match this model: {_mismatch(path, self.checkpoint, e)}; it was "
+                    "left as it is: use another model_dir, or the settings that wrote it") from e
         if candidates:
             raise ValueError(f"no readable checkpoint among {', '.join(candidates)}; they were left as they are")
         return None
@@ -98,9 +105,24 @@ class Checkpointer:
 
         Returns the chief's newest checkpoint path (for a non-chief worker, whose
         own copy is deleted at once).
+
+        Raises:
+          CheckpointWriteError: if writing fails (e.g. the disk is full); the
+            partial files are removed and the previous checkpoint stays the newest.
         """
         if self.scratch_directory is None:
-            return self.manager.save(checkpoint_number=step)
+            previous = self.latest
+            try:
+                return self.manager.save(checkpoint_number=step)
+            except (OSError, tf.errors.OpError) as e:
+                # The index file is replaced only after the new files are complete, so
+                # the previous checkpoint is still the newest one listed.
+                for leftover in tf.io.gfile.glob(os.path.join(self.manager.directory, f"ckpt-{step}.*")) \
+                        if previous != os.path.join(self.manager.directory, f"ckpt-{step}") else []:
+                    tf.io.gfile.remove(leftover)
+                raise CheckpointWriteError(
+                    f"could not write checkpoint {step} in {self.manager.directory} ({_first_line(e)}); the "
+                    f"previous checkpoint {previous or '(none)'} is kept: free space and rerun to resume") from e
         self.checkpoint.write(os.path.join(self.scratch_directory, f"ckpt-{step}"))
         remove_scratch(self.scratch_directory)
         return self.latest
@@ -113,6 +135,19 @@ def remove_scratch(folder: str) -> None:
         os.rmdir(os.path.dirname(folder))
     except OSError:
         pass  # Another worker's scratch is still there.
+
+
+def _mismatch(path: str, checkpoint: tf.train.Checkpoint, error: Exception) -> str:
+    """A short account of why checkpoint `path` does not fit: variable counts and the first difference."""
+    saved = [name for name, _ in tf.train.list_variables(path) if name.startswith("model/")
+             and name.endswith(".ATTRIBUTES/VARIABLE_VALUE") and "/.OPTIMIZER_SLOT/" not in name]
+    model = getattr(checkpoint, "model", None)
+    mine = len(model.weights) if model is not None and hasattr(model, "weights") else None
+    first = _first_line(error)
+    if first.startswith("Some objects had attributes which were not restored"):
+        first = "this model has variables the checkpoint lacks"
+    counts = f"it holds {len(saved)} model variables, this model has {mine}" if mine is not None else ""
+    return "; ".join(part for part in (counts, first[:300]) if part)
 
 
 def _first_line(error: Exception) -> str:
@@ -132,7 +167,7 @@ class BestCheckpoint:
     Args:
       directory: where to keep it (created on the first write).
       metric: the metric name to watch, e.g. "eval_accuracy" or "eval_loss".
-      mode: "max" or "min"; None picks "min" for names containing "loss", else "max".
+      mode: "max" or "min"; None picks by the name (engine.files.mode_for).
       **trackables: what to save (e.g. model=...).
 
     Raises:
@@ -140,9 +175,7 @@ class BestCheckpoint:
     """
 
     def __init__(self, directory: str, metric: str, mode: str | None = None, **trackables):
-        mode = mode or ("min" if "loss" in metric else "max")
-        if mode not in ("max", "min"):
-            raise ValueError(f"best-checkpoint mode {mode!r} must be 'max' or 'min'")
+        mode = mode_for(metric, mode)
         self.directory, self.metric, self.mode = directory, metric, mode
         self.checkpoint = tf.train.Checkpoint(**trackables)
         self.info = self._read_info()
@@ -159,12 +192,7 @@ class BestCheckpoint:
             return None
 
     def is_better(self, value: float) -> bool:
-        if not math.isfinite(value):
-            return False
-        if self.info is None:
-            return True
-        best = self.info["value"]
-        return value > best if self.mode == "max" else value < best
+        return is_better(self.mode, value, self.info["value"] if self.info else None)
 
     def update(self, step: int, metrics: dict[str, float]) -> bool:
         """Saves a new best if metrics[metric] beats the kept one; returns whether it did.
@@ -182,12 +210,7 @@ class BestCheckpoint:
         info = {"step": step, "metric": self.metric, "value": value, "mode": self.mode,
                 "metrics": {k: float(v) for k, v in metrics.items()},
                 "checkpoint": os.path.join(folder, "ckpt")}
-        tmp = self.json_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(info, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.json_path)
+        write_atomic(self.json_path, json.dumps(info, indent=1))
         previous, self.info = self.info, info
         if previous and os.path.dirname(previous["checkpoint"]) != folder:
             shutil.rmtree(os.path.join(self.directory, os.path.dirname(previous["checkpoint"])), ignore_errors=True)

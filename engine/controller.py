@@ -43,6 +43,12 @@ class Controller:
         self.cut_points = sorted({int(p) for h in trainer._hooks if hasattr(h, "stop_points")
                                   for p in h.stop_points(total)})
         self._first_loop = True
+        # With a progress bar, the first loops run 1, 2, 4, ... steps, so that the bar
+        # moves within seconds even when steps_per_loop is large. It depends on a
+        # setting all workers share (never on being the chief): every worker must
+        # run the same loops.
+        self._ramp = 1 if trainer.progress and trainer.steps_per_loop > 1 else None
+        self._eta_said = False
 
     def run(self) -> dict[str, list[float]]:
         """Trains to `total`; returns the history (one value per epoch end, see Trainer.fit)."""
@@ -109,6 +115,9 @@ class Controller:
         """Steps of the next loop: steps_per_loop, cut at the epoch end, checkpoints and hooks' points."""
         t = self.trainer
         n = min(t.steps_per_loop, epoch_end - step)
+        if self._ramp is not None:
+            n = min(n, self._ramp)
+            self._ramp = self._ramp * 2 if self._ramp * 2 < t.steps_per_loop else None
         if t.checkpoint_every_steps:
             n = min(n, t.checkpoint_every_steps - step % t.checkpoint_every_steps)
         return min([n] + [p - step for p in self.cut_points if p > step])
@@ -126,6 +135,8 @@ class Controller:
         if not self._first_loop or step == epoch_end:  # The first loop also traces.
             timing.examples += done * t.global_batch_size
             timing.seconds += dt
+            timing.steps += done
+            self._say_eta(step, timing)
         self._first_loop = False
         logs.update(learning_rate=t.learning_rate, examples_per_second=done * t.global_batch_size / dt,
                     nonfinite_steps=t.nonfinite_steps)
@@ -137,6 +148,16 @@ class Controller:
             # write a summary per skipped loop.
             t.summaries.scalars("train", logs, step)
         return logs, done, step
+
+    def _say_eta(self, step: int, timing: "_EpochTiming") -> None:
+        """Once per run, after 3 s of timed steps: the time the remaining steps will take."""
+        if self._eta_said or timing.seconds < 3.0 or step >= self.total:
+            return
+        self._eta_said = True
+        seconds = (self.total - step) * timing.seconds / timing.steps
+        finish = time.strftime("%H:%M", time.localtime(time.time() + seconds))
+        self.say(f"ETA: {_duration(seconds)} for the remaining {self.total - step} steps at "
+                 f"{timing.examples / timing.seconds:.0f} examples/s, about {finish} (evaluations not included)")
 
     def _after_loop(self, logs: dict, step: int, done: int, n: int) -> str | None:
         """The actions between loops; returns "stop", "rollback" or None (go on)."""
@@ -203,4 +224,14 @@ class _EpochTiming:
     """Examples and seconds of an epoch's loops after the first (which traces), and input wait."""
 
     def __init__(self):
-        self.examples, self.seconds, self.wait, self.time = 0, 0.0, 0.0, 0.0
+        self.examples, self.steps, self.seconds, self.wait, self.time = 0, 0, 0.0, 0.0, 0.0
+
+
+def _duration(seconds: float) -> str:
+    """3 h 05 min, 12 min 30 s or 45 s."""
+    seconds = int(round(seconds))
+    if seconds >= 3600:
+        return f"{seconds // 3600} h {seconds % 3600 // 60:02d} min"
+    if seconds >= 60:
+        return f"{seconds // 60} min {seconds % 60:02d} s"
+    return f"{seconds} s"

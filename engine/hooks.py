@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import math
 import os
@@ -32,6 +33,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 import tensorflow as tf
+
+from engine.files import is_better, mode_for, write_atomic
 
 HOOK_EVENTS = ("train_begin", "loop_end", "epoch_end", "train_end")
 # Hooks with get_state() -> dict and set_state(dict) have it saved beside each
@@ -42,16 +45,6 @@ HOOK_STATE_FILE = "hook_state.json"
 _BEST_WEIGHTS = "early_stopping/step-{step}"
 
 
-def _better(mode: str, value: float, best: float, min_delta: float) -> bool:
-    return value < best - min_delta if mode == "min" else value > best + min_delta
-
-
-def _mode_for(metric: str, mode: str | None) -> str:
-    if mode is not None:
-        if mode not in ("min", "max"):
-            raise ValueError(f"mode={mode!r} must be min or max")
-        return mode
-    return "min" if metric.endswith("loss") else "max"
 
 
 class EarlyStopping:
@@ -80,7 +73,7 @@ class EarlyStopping:
         if min_delta < 0:
             raise ValueError(f"early stopping min_delta={min_delta} must not be negative")
         self.metric, self.patience, self.min_delta = metric, patience, min_delta
-        self.mode = _mode_for(metric, mode)
+        self.mode = mode_for(metric, mode)
         self.restore_best = restore_best
         self.best = math.inf if self.mode == "min" else -math.inf
         self.best_step: int | None = None
@@ -99,7 +92,7 @@ class EarlyStopping:
         if self.metric not in logs:
             raise KeyError(f"early stopping metric {self.metric!r} is not logged; logged: {', '.join(sorted(logs))}")
         value = logs[self.metric]
-        if _better(self.mode, value, self.best, self.min_delta):
+        if is_better(self.mode, value, self.best, self.min_delta):
             self.best, self.best_step, self.wait = value, int(logs["step"]), 0
             if self.restore_best:
                 with trainer.ema_weights():  # The weights that were evaluated.
@@ -150,7 +143,7 @@ class ReduceLROnPlateau:
         if patience < 1:
             raise ValueError(f"plateau patience={patience} must be at least 1")
         self.metric, self.factor, self.patience, self.min_delta = metric, factor, patience, min_delta
-        self.mode = _mode_for(metric, mode)
+        self.mode = mode_for(metric, mode)
         self.min_scale = min_scale
         self.best = math.inf if self.mode == "min" else -math.inf
         self.wait = 0
@@ -163,7 +156,7 @@ class ReduceLROnPlateau:
 
     def on_epoch_end(self, trainer, logs):
         value = logs[self.metric]
-        if _better(self.mode, value, self.best, self.min_delta):
+        if is_better(self.mode, value, self.best, self.min_delta):
             self.best, self.wait = value, 0
             return
         self.wait += 1
@@ -202,16 +195,13 @@ class HistoryLogger:
         # Rows after this step were written by a run that later rolled back or resumed earlier.
         self.rows = [r for r in self.rows if r["step"] < logs["step"]] + [dict(logs)]
         os.makedirs(self.folder, exist_ok=True)
-        tmp = self.json_path + ".tmp"
-        with open(tmp, "w") as f:
-            json.dump(self.rows, f, indent=1)
-        os.replace(tmp, self.json_path)
+        write_atomic(self.json_path, json.dumps(self.rows, indent=1))
         columns = sorted({k for r in self.rows for k in r}, key=lambda k: (k not in ("epoch", "step"), k))
-        with open(self.csv_path + ".tmp", "w", newline="") as f:
-            writer = csv.DictWriter(f, columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
-        os.replace(self.csv_path + ".tmp", self.csv_path)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, columns)
+        writer.writeheader()
+        writer.writerows(self.rows)
+        write_atomic(self.csv_path, text.getvalue())
 
 
 class WeightHistograms:
@@ -329,9 +319,7 @@ def save_hook_state(hooks, model_dir: str, step: int) -> None:
         return
     state = {"step": step, "hooks": {key: h.get_state() for key, h in stateful.items()}}
     path = os.path.join(model_dir, HOOK_STATE_FILE)
-    with open(path + ".tmp", "w") as f:
-        json.dump(state, f)
-    os.replace(path + ".tmp", path)
+    write_atomic(path, json.dumps(state))
 
 
 def restore_hook_state(hooks, model_dir: str, step: int) -> None:

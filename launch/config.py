@@ -1,9 +1,32 @@
-"""The validated configuration of a training run, built once from flags."""
+"""The configuration of a training run: every setting defined once, here.
+
+A run's configuration is a `TrainConfig` of sections (data, model, optimizer,
+schedule, run, compute, distribution, command), each a frozen dataclass whose
+fields are declared with `setting(default, help, ...)`. Everything else is
+derived from those declarations:
+
+- launch.flags defines one absl flag per field (same name unless `flag=` says
+  otherwise), with the field's help text, grouped by section in `--helpshort`;
+- `TrainConfig.from_flag_values` builds and validates the config from flag
+  values (once, here: bad values raise one ValueError naming the flag);
+- `saved_flags` / `flag_lines` write the resolved configuration into the
+  model_dir (a flagfile that reruns the job, and JSON), and `compare_saved`
+  reports and guards what changed on a rerun.
+
+A task's own settings (launch/tasks/<name>.py) are a dataclass of the same kind,
+`Task.options_class`, whose fields become flags in that task's group.
+
+Adding a setting is one field in one section (and its use).
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import tempfile
+import typing
+from typing import Any, Callable, Iterable
 
 from datasets import sources
 from engine.distribution import STRATEGIES
@@ -12,190 +35,406 @@ from models import MODEL_NAMES
 # The tutorial's learning rate is 0.1 at a global batch of 128, scaled linearly.
 REFERENCE_BATCH = 128
 
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "nadam")
+SCHEDULES = ("piecewise", "constant", "cosine", "onecycle")
+PRECISIONS = ("float32", "bfloat16", "float16")
+CACHES = ("decoded", "encoded", "none")
+NORMALIZATIONS = ("channel", "per_image", "imagenet", "unit")
 
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """Everything a CIFAR-10 training run needs, checked before anything runs.
+# What a rerun on the same model_dir may not change without --allow_config_change:
+LOCKED = "locked"  # the checkpoint's structure or the meaning of its step (model, batch, optimizer).
+LOCKED_IF_DETERMINISTIC = "locked_if_deterministic"  # the data order a --deterministic run replays.
 
-    Attributes mirror the launch.train flags of the same names (see launch/flags.py);
-    units: batches in examples, epochs and boundaries in epochs, learning rate per
-    step at a global batch of 128.
 
-    Raises:
-      ValueError: on the first bad value, naming the flag and the value.
+def setting(default, help: str, *, flag: str | None = None, choices: Iterable[str] | None = None,
+            rule: tuple[str, Callable[[Any], bool]] | None = None, positive: bool = False,
+            save: bool = True, compare: bool = True, guard: str | None = None):
+    """Declares one setting of a config section (a dataclass field) and its flag.
+
+    Args:
+      default: the default value (also the flag's).
+      help: the flag's help text.
+      flag: the flag's name, if not the field's.
+      choices: the allowed values (checked when the config is built, shown in help).
+      rule: (text, predicate): a value that fails the predicate raises
+        "--flag=value must be <text>". None values skip the check.
+      positive: shorthand for rule ("positive", v > 0).
+      save: False for settings of one invocation (not written to the model_dir).
+      compare: False for settings a rerun may change silently (model_dir itself).
+      guard: LOCKED or LOCKED_IF_DETERMINISTIC: a rerun may not change it.
     """
+    if positive:
+        rule = ("positive", lambda v: v > 0)
+    return dataclasses.field(default=default, metadata={
+        "help": help, "flag": flag, "choices": tuple(choices) if choices is not None else None, "rule": rule,
+        "save": save, "compare": compare, "guard": guard})
 
-    data_dir: str | None
-    model_dir: str
-    model: str = "resnet56"
-    backbone: str | None = None
-    backbone_weights: str | None = "imagenet"
-    backbone_cut: str | None = None
-    resize_to: tuple[int, ...] = ()
-    dropout: float = 0.5
-    finetune_after_epochs: float | None = None
-    finetune_layers: int = 20
-    finetune_lr_factor: float = 0.1
-    batch_size: int = 128
-    global_batch_size: int | None = None
-    epochs: float = 60
-    train_steps: int | None = None
-    steps_per_loop: int = 50
-    checkpoint_every_steps: int | None = 200
-    keep_checkpoints: int = 3
-    strategy: str = "default"
-    num_cpu_devices: int = 1
-    worker_hosts: tuple[str, ...] = ()
-    ps_hosts: tuple[str, ...] = ()
-    chief_host: str | None = None
-    task_type: str | None = None
-    task_index: int | None = None
-    collective_timeout_s: float | None = 600
-    memory_growth: bool = False
-    visible_gpus: str | None = None
-    learning_rate: float = 0.1
-    lr_boundaries: tuple[float, ...] = (30.0, 45.0)
-    lr_multipliers: tuple[float, ...] = (0.1, 0.01)
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    seed: int = 0
-    deterministic: bool = False
-    nonfinite_limit: int = 10
-    nonfinite_action: str = "rollback"
-    rollback_lr_factor: float = 0.5
-    max_rollbacks: int = 3
-    best_metric: str = "eval_accuracy"
-    progress: bool = True
-    train_data: str | None = None
-    eval_data: str | None = None
-    augment: str = "cifar"
-    image_size: tuple[int, ...] = ()
-    cache: str = "decoded"
-    normalize: str = "channel"
-    skip_bad_examples: bool = False
-    optimizer: str = "sgd"
-    nesterov: bool = False
-    decoupled_weight_decay: float | None = None
-    clip_norm: float | None = None
-    accumulation_steps: int = 1
-    precision: str = "float32"
-    ema_decay: float = 0.0
-    label_smoothing: float = 0.0
-    fused_batch_norm: bool = True
-    sync_batch_norm: bool = False
-    jit_compile: bool = False
-    lr_schedule: str = "piecewise"
-    warmup_epochs: float = 0.0
-    plateau_patience: int = 0
-    plateau_factor: float = 0.1
-    plateau_metric: str = "eval_loss"
-    early_stopping_patience: int = 0
-    early_stopping_metric: str = "eval_loss"
-    early_stopping_min_delta: float = 0.0
-    restore_best: bool = True
-    histogram_every_epochs: int = 0
-    profile_steps: tuple[int, ...] = ()
-    max_time: float | None = None
-    task: str = "classification"
-    # The task's own settings (from its flags, launch/tasks/<task>.py), as (name, value) pairs.
-    task_options: tuple[tuple[str, object], ...] = ()
+
+def show_value(value) -> str:
+    """A setting as a flag value: 0.1, 30,45, a string as is."""
+    if isinstance(value, float):
+        return f"{value:g}"
+    if isinstance(value, (tuple, list)):
+        return ",".join(show_value(v) for v in value)
+    return str(value)
+
+
+class Section:
+    """Base of the config sections: checks each field's declared rule and choices."""
+
+    title: typing.ClassVar[str] = ""
 
     def __post_init__(self):
-        def positive(name, value, allow_none=False):
-            if value is None and allow_none:
-                return
-            if value is None or value <= 0:
-                shown = f"{value:g}" if isinstance(value, float) else value
-                raise ValueError(f"--{name}={shown} must be positive")
+        for field in dataclasses.fields(self):
+            value, meta = getattr(self, field.name), field.metadata
+            name = meta.get("flag") or field.name
+            if value is None:
+                continue
+            if meta.get("choices") and value not in meta["choices"]:
+                raise ValueError(f"--{name}={value!r} is not known; choose one of {', '.join(meta['choices'])}")
+            if meta.get("rule") and not meta["rule"][1](value):
+                raise ValueError(f"--{name}={show_value(value)} must be {meta['rule'][0]}")
+        self.check()
 
+    def check(self) -> None:
+        """Rules between the section's fields (ValueError naming the flags)."""
+
+
+def _in(lo, hi, lo_open=False, hi_open=True):
+    text = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
+    return text, lambda v: (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
+
+
+NON_NEGATIVE = ("0 or more", lambda v: v >= 0)
+OFF_OR_POSITIVE = ("0 (off) or positive", lambda v: v >= 0)
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(Section):
+    title: typing.ClassVar[str] = "data"
+    data_dir: str | None = setting(
+        None, "CIFAR-10 folder: train.csv/test.csv, train/ and test/ class folders, cifar-10-python.tar.gz, "
+        "cifar-10-batches-py/ or cifar-10-batches-bin/. Unset: Keras's download cache.",
+        guard=LOCKED_IF_DETERMINISTIC)
+    train_data: str | None = setting(
+        None, "Training images: a folder of class folders, a CSV index ('<path>,<class id>' rows, paths relative "
+        "to the CSV) or a TFRecord glob (datasets.to_tfrecord). Replaces --data_dir.", guard=LOCKED_IF_DETERMINISTIC)
+    eval_data: str | None = setting(None, "Evaluation images, in any of --train_data's forms.")
+    augment: str = setting(
+        "cifar", "Augmentation recipes, comma-separated, applied in order: cifar (pad-crop-flip), flip, jitter "
+        "(brightness/contrast), affine (rotation/shift/shear/zoom/flip, as ImageDataGenerator), imagenet (random "
+        "resize+224 crop; first), none.", guard=LOCKED_IF_DETERMINISTIC)
+    image_size: tuple[int, ...] = setting((), "height,width to resize --train_data images to (imagenet: the crop).")
+    cache: str = setting("decoded", "--train_data: decode every image once into memory (decoded), keep the file "
+                         "bytes in memory (encoded), or read files every epoch.", choices=CACHES)
+    normalize: str = setting("channel", "--train_data: per-channel mean/std of the training images, per-image "
+                             "standardisation, ImageNet mean subtraction, or /255.", choices=NORMALIZATIONS)
+    skip_bad_examples: bool = setting(False, "Leave out images that are missing, empty or undecodable (counted and "
+                                      "reported) instead of stopping with their name.")
+
+    def check(self):
         if self.data_dir is not None and not os.path.exists(os.path.expanduser(self.data_dir)):
             raise ValueError(f"--data_dir={self.data_dir} does not exist")
-        if not self.model_dir:
-            raise ValueError("--model_dir must be set")
-        if os.path.exists(self.model_dir) and not os.path.isdir(self.model_dir):
-            raise ValueError(f"--model_dir={self.model_dir} is a file, not a folder")
-        if self.model not in MODEL_NAMES:
-            raise ValueError(f"--model={self.model!r} is not a known model; choose one of {', '.join(MODEL_NAMES)}")
-        if self.strategy not in STRATEGIES:
-            raise ValueError(f"--strategy={self.strategy!r} is not known; choose one of {', '.join(STRATEGIES)}")
-        if self.resize_to and len(self.resize_to) != 2:
-            raise ValueError(f"--resize_to={','.join(map(str, self.resize_to))} must be height,width")
-        if not 0 <= self.dropout < 1:
-            raise ValueError(f"--dropout={self.dropout:g} must be in [0, 1)")
-        if self.finetune_after_epochs is not None:
-            if not self.backbone:
-                raise ValueError("--finetune_after_epochs needs --backbone")
-            positive("finetune_after_epochs", self.finetune_after_epochs)
-            positive("finetune_layers", self.finetune_layers)
-            if self.train_steps is None and self.finetune_after_epochs >= self.epochs:
-                raise ValueError(f"--finetune_after_epochs={self.finetune_after_epochs:g} leaves no epochs of "
-                                 f"--epochs={self.epochs:g} to fine-tune")
-        positive("finetune_lr_factor", self.finetune_lr_factor)
-        positive("batch_size", self.batch_size)
-        positive("global_batch_size", self.global_batch_size, allow_none=True)
-        positive("train_steps", self.train_steps, allow_none=True)
-        if self.train_steps is None:
-            positive("epochs", self.epochs)
-        positive("steps_per_loop", self.steps_per_loop)
-        positive("checkpoint_every_steps", self.checkpoint_every_steps, allow_none=True)
-        positive("keep_checkpoints", self.keep_checkpoints)
-        positive("num_cpu_devices", self.num_cpu_devices)
-        positive("collective_timeout_s", self.collective_timeout_s, allow_none=True)
-        positive("learning_rate", self.learning_rate)
-        if not 0 <= self.momentum < 1:
-            raise ValueError(f"--momentum={self.momentum} must be in [0, 1)")
-        if self.weight_decay < 0:
-            raise ValueError(f"--weight_decay={self.weight_decay} must not be negative")
-        if self.nonfinite_limit < 0:
-            raise ValueError(f"--nonfinite_limit={self.nonfinite_limit} must be 0 (off) or positive")
-        if self.nonfinite_action not in ("rollback", "stop"):
-            raise ValueError(f"--nonfinite_action={self.nonfinite_action!r} must be rollback or stop")
-        if self.max_rollbacks < -1:
-            raise ValueError(f"--max_rollbacks={self.max_rollbacks} must be -1 (no limit) or at least 0")
-        if not 0 < self.rollback_lr_factor <= 1:
-            raise ValueError(f"--rollback_lr_factor={self.rollback_lr_factor:g} must be in (0, 1]")
-        if self.best_metric and not self.best_metric.startswith("eval_"):
-            raise ValueError(f"--best_metric={self.best_metric!r} must name an eval metric (eval_loss, "
-                             "eval_accuracy, ...) or be empty")
         for name in ("train_data", "eval_data"):
             path = getattr(self, name)
             if path and not os.path.exists(path) and not any(ch in path for ch in "*?["):
                 raise ValueError(f"--{name}={path} does not exist")
         if self.eval_data and not self.train_data:
             raise ValueError("--eval_data needs --train_data")
-        streamed = [f"--{name}={path}" for name in ("train_data", "eval_data")
-                    if (path := getattr(self, name)) and sources.source_kind(path) == "tfrecord"]
-        if streamed and self.cache == "none" and self.strategy == "parameter_server":
-            # The records are read by a Python function, which the remote workers cannot run.
-            raise ValueError(f"{streamed[0]}: TFRecords are streamed with --cache=none by a Python reader that "
-                             "parameter-server workers cannot run; use --cache=encoded or --cache=decoded")
         if self.image_size and (len(self.image_size) != 2 or min(self.image_size) < 1):
-            raise ValueError(f"--image_size={','.join(map(str, self.image_size))} must be height,width")
-        positive("accumulation_steps", self.accumulation_steps)
-        positive("clip_norm", self.clip_norm, allow_none=True)
-        positive("max_time", self.max_time, allow_none=True)
-        if not 0 <= self.ema_decay < 1:
-            raise ValueError(f"--ema_decay={self.ema_decay:g} must be in [0, 1) (0: off)")
-        if not 0 <= self.label_smoothing < 1:
-            raise ValueError(f"--label_smoothing={self.label_smoothing:g} must be in [0, 1)")
-        if self.decoupled_weight_decay is not None and self.decoupled_weight_decay < 0:
-            raise ValueError(f"--decoupled_weight_decay={self.decoupled_weight_decay:g} must not be negative")
-        if self.warmup_epochs < 0:
-            raise ValueError(f"--warmup_epochs={self.warmup_epochs:g} must not be negative")
+            raise ValueError(f"--image_size={show_value(self.image_size)} must be height,width")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig(Section):
+    title: typing.ClassVar[str] = "model"
+    name: str = setting("resnet56", "Network.", flag="model", choices=MODEL_NAMES, guard=LOCKED)
+    backbone: str | None = setting(
+        None, "Transfer learning: a keras.applications name (ResNet50, MobileNetV2, ...) or a saved "
+        ".keras/.h5/SavedModel path; frozen, with a new head. Replaces --model.", guard=LOCKED)
+    backbone_weights: str = setting("imagenet", "keras.applications weights: imagenet, none, or a file.")
+    backbone_cut: str | None = setting(None, "Saved backbone: layer name (e.g. mixed7) or index (e.g. -3) to cut at.",
+                                       guard=LOCKED)
+    resize_to: tuple[int, ...] = setting((), "Resize inputs to height,width before the backbone.", guard=LOCKED)
+    dropout: float = setting(0.5, "Dropout before the transfer head.", rule=_in(0, 1))
+    finetune_after_epochs: float | None = setting(
+        None, "Transfer learning: after this many epochs, unfreeze --finetune_layers top layers of the backbone "
+        "and go on at a lower learning rate.", positive=True)
+    finetune_layers: int = setting(20, "Top backbone layers to unfreeze for fine-tuning (BatchNorm stays frozen).",
+                                   positive=True)
+    finetune_lr_factor: float = setting(0.1, "Learning-rate factor for the fine-tuning phase.", positive=True)
+
+    def check(self):
+        if self.resize_to and len(self.resize_to) != 2:
+            raise ValueError(f"--resize_to={show_value(self.resize_to)} must be height,width")
+        if self.finetune_after_epochs is not None and not self.backbone:
+            raise ValueError("--finetune_after_epochs needs --backbone")
+
+    @property
+    def backbone_weights_or_none(self) -> str | None:
+        """--backbone_weights, None for 'none' (random initial weights)."""
+        return None if self.backbone_weights.lower() == "none" else self.backbone_weights
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerConfig(Section):
+    title: typing.ClassVar[str] = "optimizer"
+    name: str = setting("sgd", "Optimizer.", flag="optimizer", choices=OPTIMIZERS, guard=LOCKED)
+    learning_rate: float = setting(0.1, "Learning rate at a global batch of 128; scaled linearly with the "
+                                   "global batch.", positive=True)
+    momentum: float = setting(0.9, "SGD momentum.", rule=_in(0, 1))
+    nesterov: bool = setting(False, "SGD with Nesterov momentum.")
+    weight_decay: float = setting(1e-4, "Weight decay of conv and dense kernels (the paper's 1e-4).",
+                                  rule=("not negative", lambda v: v >= 0))
+    decoupled_weight_decay: float | None = setting(
+        None, "Decoupled weight decay per step, times the learning rate (AdamW-style). Unset: 0.004 for adamw, "
+        "none otherwise. Separate from --weight_decay, the L2 loss on kernels.",
+        rule=("not negative", lambda v: v >= 0))
+    clip_norm: float | None = setting(None, "Clip gradients to this global L2 norm.", positive=True)
+    accumulation_steps: int = setting(1, "Accumulate gradients over this many global batches per update.",
+                                      positive=True, guard=LOCKED)
+    label_smoothing: float = setting(0.0, "Label smoothing of the training loss.", rule=_in(0, 1))
+    ema_decay: float = setting(0.0, "Moving average of the weights for evaluation and export (e.g. 0.999); "
+                               "0 for none.", rule=("in [0, 1) (0: off)", lambda v: 0 <= v < 1), guard=LOCKED)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScheduleConfig(Section):
+    title: typing.ClassVar[str] = "learning-rate schedule"
+    lr_schedule: str = setting("piecewise", "Learning-rate schedule (piecewise uses --lr_boundaries/"
+                               "--lr_multipliers; onecycle peaks at --learning_rate).", choices=SCHEDULES)
+    lr_boundaries: tuple[float, ...] = setting((30.0, 45.0), "Epochs (floats allowed) at which the learning rate "
+                                               "becomes base x the matching --lr_multipliers value.")
+    lr_multipliers: tuple[float, ...] = setting((0.1, 0.01), "Factors of the base learning rate, one per boundary.")
+    warmup_epochs: float = setting(0.0, "Linear learning-rate warm-up over this many epochs.",
+                                   rule=("not negative", lambda v: v >= 0))
+    plateau_patience: int = setting(0, "Multiply the learning rate by --plateau_factor after this many epochs "
+                                    "without a better --plateau_metric; 0 turns it off.", rule=OFF_OR_POSITIVE)
+    plateau_factor: float = setting(0.1, "Learning-rate factor on a plateau.", rule=_in(0, 1, lo_open=True))
+    plateau_metric: str = setting("eval_loss", "Epoch-end metric watched for plateaus.")
+
+    def check(self):
         if self.warmup_epochs and self.lr_schedule == "onecycle":
             raise ValueError("--warmup_epochs does not apply to --lr_schedule=onecycle (it warms up itself)")
-        for name in ("plateau_patience", "early_stopping_patience", "histogram_every_epochs"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"--{name}={getattr(self, name)} must be 0 (off) or positive")
-        if not 0 < self.plateau_factor < 1:
-            raise ValueError(f"--plateau_factor={self.plateau_factor:g} must be in (0, 1)")
-        if self.profile_steps and (len(self.profile_steps) != 2 or not 0 <= self.profile_steps[0]
-                                   < self.profile_steps[1]):
-            raise ValueError(f"--profile_steps={','.join(map(str, self.profile_steps))} must be start,stop "
-                             "with 0 <= start < stop")
         if len(self.lr_boundaries) != len(self.lr_multipliers):
             raise ValueError(f"--lr_boundaries has {len(self.lr_boundaries)} values but --lr_multipliers has "
                              f"{len(self.lr_multipliers)}: give one multiplier per boundary")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig(Section):
+    title: typing.ClassVar[str] = "run"
+    model_dir: str = setting("/tmp/cifar10_model", "Checkpoints, TensorBoard summaries and the saved config "
+                             "(config.flags); a rerun with the same folder resumes.", compare=False)
+    batch_size: int = setting(128, "Per-replica batch; the global batch is this times the replicas.",
+                              positive=True, guard=LOCKED)
+    global_batch_size: int | None = setting(None, "Global batch over all replicas, instead of --batch_size; "
+                                            "must be divisible by the replicas.", positive=True, guard=LOCKED)
+    epochs: float = setting(60.0, "Epochs to train in total (fractions allowed).")
+    train_steps: int | None = setting(None, "Optimizer steps to train in total; overrides --epochs.", positive=True)
+    steps_per_loop: int = setting(50, "Steps per call of the compiled training loop.", positive=True)
+    checkpoint_every_steps: int | None = setting(200, "Checkpoint every this many steps, and at each epoch end.",
+                                                 positive=True)
+    keep_checkpoints: int = setting(3, "How many recent checkpoints to keep.", positive=True)
+    best_metric: str = setting("eval_accuracy", "Keep the checkpoint with the best value of this eval metric in "
+                               "<model_dir>/best (empty: keep none).")
+    seed: int = setting(0, "Seed of the initial weights, the shuffle and the augmentation.",
+                        guard=LOCKED_IF_DETERMINISTIC)
+    deterministic: bool = setting(False, "Op determinism and fixed seeds: a run killed at any step and rerun ends "
+                                  "with bitwise the same weights as an uninterrupted one (slower).",
+                                  guard=LOCKED_IF_DETERMINISTIC)
+    nonfinite_limit: int = setting(10, "Skip steps with NaN/Inf loss or gradients; after this many in a row, "
+                                   "apply --nonfinite_action. 0 turns the guard off.", rule=OFF_OR_POSITIVE)
+    nonfinite_action: str = setting("rollback", "rollback: restore the newest checkpoint and multiply the learning "
+                                    "rate by --rollback_lr_factor; stop: exit with an error.",
+                                    choices=("rollback", "stop"))
+    rollback_lr_factor: float = setting(0.5, "Learning-rate factor applied at each rollback; it compounds (the "
+                                        "second rollback trains at factor^2 of the schedule).",
+                                        rule=_in(0, 1, lo_open=True, hi_open=False))
+    max_rollbacks: int = setting(3, "Rollbacks allowed over the run; at the next divergence the run stops with "
+                                 "exit status 1. -1: no limit.", rule=("-1 (no limit) or at least 0",
+                                                                       lambda v: v >= -1))
+    early_stopping_patience: int = setting(0, "Stop after this many epochs without a better "
+                                           "--early_stopping_metric; 0 turns it off.", rule=OFF_OR_POSITIVE)
+    early_stopping_metric: str = setting("eval_loss", "Epoch-end metric watched by early stopping.")
+    early_stopping_min_delta: float = setting(0.0, "Smallest change that counts as better.")
+    restore_best: bool = setting(True, "On early stopping, restore the best epoch's weights.")
+    histogram_every_epochs: int = setting(0, "TensorBoard weight histograms every this many epochs; 0: off.",
+                                          rule=OFF_OR_POSITIVE)
+    profile_steps: tuple[int, ...] = setting((), "start,stop: record the TensorFlow profiler over these global "
+                                             "steps.")
+    max_time: float | None = setting(None, "Wall-clock budget in seconds: checkpoint and stop at the first loop "
+                                     "end past it (rerun to go on).", positive=True)
+    progress: bool = setting(True, "Show a progress bar per epoch.", save=False)
+
+    def check(self):
+        if not self.model_dir:
+            raise ValueError("--model_dir must be set")
+        check_writable_folder(self.model_dir)
+        if self.train_steps is None and not self.epochs > 0:
+            raise ValueError(f"--epochs={show_value(self.epochs)} must be positive")
+        if self.best_metric and not self.best_metric.startswith("eval_"):
+            raise ValueError(f"--best_metric={self.best_metric!r} must name an eval metric (eval_loss, "
+                             "eval_accuracy, ...) or be empty")
+        if self.profile_steps and (len(self.profile_steps) != 2 or not 0 <= self.profile_steps[0]
+                                   < self.profile_steps[1]):
+            raise ValueError(f"--profile_steps={show_value(self.profile_steps)} must be start,stop "
+                             "with 0 <= start < stop")
+
+
+@dataclasses.dataclass(frozen=True)
+class ComputeConfig(Section):
+    title: typing.ClassVar[str] = "compute"
+    precision: str = setting("float32", "Compute precision (mixed: weights stay float32; float16 adds loss "
+                             "scaling).", choices=PRECISIONS)
+    fused_batch_norm: bool = setting(True, "Run BatchNormalization layers on TensorFlow's fused kernel in the "
+                                     "compiled steps (same results; 1.36x faster ResNet-20 steps here); "
+                                     "--nofused_batch_norm keeps Keras's computation.")
+    sync_batch_norm: bool = setting(False, "BatchNormalization statistics over the global batch (all replicas), "
+                                    "Keras's synchronized=True; such layers do not use the fused kernel.")
+    jit_compile: bool = setting(False, "Compile each replica's forward-backward pass with XLA (slower on this "
+                                "CPU; try it on GPUs).")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributionConfig(Section):
+    title: typing.ClassVar[str] = "distribution"
+    strategy: str = setting("default", "tf.distribute strategy.", choices=STRATEGIES, guard=LOCKED_IF_DETERMINISTIC)
+    num_cpu_devices: int = setting(1, "Split the CPU into this many logical devices (with --strategy=mirrored: "
+                                   "several replicas on a machine without GPUs).", positive=True,
+                                   guard=LOCKED_IF_DETERMINISTIC)
+    worker_hosts: tuple[str, ...] = setting((), "Multi-worker: host:port of every worker (instead of TF_CONFIG).",
+                                            guard=LOCKED_IF_DETERMINISTIC)
+    ps_hosts: tuple[str, ...] = setting((), "Parameter-server training: host:port of every ps task.")
+    chief_host: str | None = setting(None, "Parameter-server training: host:port of the chief (coordinator).")
+    task_type: str | None = setting(None, "This process's job in the cluster: chief, worker or ps.", save=False)
+    task_index: int | None = setting(None, "This process's index in its job.", save=False)
+    collective_timeout_s: float | None = setting(600.0, "multi_worker_mirrored: fail a collective (a worker died) "
+                                                 "after this many seconds instead of waiting forever.",
+                                                 positive=True)
+    memory_growth: bool = setting(False, "Allocate GPU memory as needed instead of all at start.")
+    visible_gpus: str | None = setting(None, "Comma-separated GPU indices to use (default: all).")
+
+
+@dataclasses.dataclass(frozen=True)
+class CommandConfig(Section):
+    title: typing.ClassVar[str] = "command line"
+    allow_config_change: bool = setting(False, "Resume even if --model, the batch size, the optimizer (or, with "
+                                        "--deterministic, the data order) differ from the run saved in "
+                                        "--model_dir.", save=False)
+    verbose_errors: bool = setting(False, "On an error, show the Python traceback, not only the one-line cause.",
+                                   save=False)
+    tf_log_level: int | None = setting(None, "Show TensorFlow's C++ log lines from this level on (0: all, 1: "
+                                       "warnings, 2: errors); unset: its start-up lines are hidden. Read from the "
+                                       "command line itself, before TensorFlow loads.", save=False,
+                                       rule=_in(0, 3, hi_open=False))
+
+
+SECTIONS: dict[str, type[Section]] = {
+    "data": DataConfig, "model": ModelConfig, "optimizer": OptimizerConfig, "schedule": ScheduleConfig,
+    "run": RunConfig, "compute": ComputeConfig, "distribution": DistributionConfig, "command": CommandConfig}
+
+
+def flag_name(field: dataclasses.Field) -> str:
+    return field.metadata.get("flag") or field.name
+
+
+def fields_of(cls) -> list[tuple[dataclasses.Field, Any]]:
+    """(field, resolved type) of a section or task-options dataclass, in declaration order."""
+    hints = typing.get_type_hints(cls)
+    return [(f, hints[f.name]) for f in dataclasses.fields(cls) if f.init]
+
+
+def _parse(flag: str, kind, raw):
+    """Converts a flag's parsed value (absl list flags give strings) to the field's type."""
+    if typing.get_origin(kind) is tuple:
+        raw = raw or ()  # An empty list flag reads None.
+        element = typing.get_args(kind)[0]
+        out = []
+        for v in raw:
+            try:
+                out.append(element(v) if element is not int else int(str(v)))
+            except (TypeError, ValueError):
+                noun = "an integer" if element is int else "a number"
+                raise ValueError(f"--{flag}: {v!r} is not {noun}") from None
+        return tuple(out)
+    return raw
+
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """Everything a training run needs, checked before anything runs.
+
+    Build it with `TrainConfig.create(**flag_values)` (flag names, any section) or
+    `from_flag_values`; sections are read as `config.optimizer.learning_rate`.
+    Units: batches in examples, epochs and boundaries in epochs, learning rate per
+    step at a global batch of 128.
+
+    Raises:
+      ValueError: on the first bad value, naming the flag and the value.
+    """
+
+    data: DataConfig = dataclasses.field(default_factory=DataConfig)
+    model: ModelConfig = dataclasses.field(default_factory=ModelConfig)
+    optimizer: OptimizerConfig = dataclasses.field(default_factory=OptimizerConfig)
+    schedule: ScheduleConfig = dataclasses.field(default_factory=ScheduleConfig)
+    run: RunConfig = dataclasses.field(default_factory=RunConfig)
+    compute: ComputeConfig = dataclasses.field(default_factory=ComputeConfig)
+    distribution: DistributionConfig = dataclasses.field(default_factory=DistributionConfig)
+    command: CommandConfig = dataclasses.field(default_factory=CommandConfig)
+    task: str = "classification"
+    # The task's own settings: an instance of its Task.options_class (None: it has none).
+    task_options: Any = None
+
+    def __post_init__(self):
+        run, model = self.run, self.model
+        if model.finetune_after_epochs is not None and run.train_steps is None \
+                and model.finetune_after_epochs >= run.epochs:
+            raise ValueError(f"--finetune_after_epochs={model.finetune_after_epochs:g} leaves no epochs of "
+                             f"--epochs={run.epochs:g} to fine-tune")
+        streamed = [f"--{name}={path}" for name in ("train_data", "eval_data")
+                    if (path := getattr(self.data, name)) and sources.source_kind(path) == "tfrecord"]
+        if streamed and self.data.cache == "none" and self.distribution.strategy == "parameter_server":
+            # The records are read by a Python function, which the remote workers cannot run.
+            raise ValueError(f"{streamed[0]}: TFRecords are streamed with --cache=none by a Python reader that "
+                             "parameter-server workers cannot run; use --cache=encoded or --cache=decoded")
+
+    @classmethod
+    def create(cls, task: str = "classification", task_options: Any = None, **values) -> "TrainConfig":
+        """A config from flag-named values (e.g. model="resnet20", learning_rate=0.2); the rest default.
+
+        Raises:
+          ValueError: naming the flag of a bad value; TypeError for an unknown name.
+        """
+        per_section: dict[str, dict] = {name: {} for name in SECTIONS}
+        index = {flag_name(f): (section, f.name) for section, cls_ in SECTIONS.items()
+                 for f, _ in fields_of(cls_)}
+        for name, value in values.items():
+            if name not in index:
+                raise TypeError(f"no setting --{name}")
+            section, field = index[name]
+            per_section[section][field] = value
+        return cls(**{name: SECTIONS[name](**kw) for name, kw in per_section.items()}, task=task,
+                   task_options=task_options)
+
+    @classmethod
+    def from_flag_values(cls, flag_values, options_class=None) -> "TrainConfig":
+        """The validated config from parsed absl flags (launch.flags defined them from the sections).
+
+        Raises:
+          ValueError: naming the flag of the first bad value.
+        """
+        values = {}
+        for section in SECTIONS.values():
+            for field, kind in fields_of(section):
+                name = flag_name(field)
+                values[name] = _parse(name, kind, flag_values[name].value)
+        options = None
+        if options_class is not None:
+            options = options_class(**{f.name: _parse(f.name, kind, flag_values[f.name].value)
+                                       for f, kind in fields_of(options_class)})
+        return cls.create(task=flag_values["task"].value, task_options=options, **values)
 
     def option(self, name: str):
         """The task's setting `name` (its flag's value).
@@ -203,7 +442,7 @@ class TrainConfig:
         Raises:
           KeyError: naming the setting and the task if the task defines no such flag.
         """
-        options = dict(self.task_options)
+        options = dataclasses.asdict(self.task_options) if self.task_options is not None else {}
         if name not in options:
             raise KeyError(f"the {self.task} task has no setting {name!r} (it has {', '.join(options) or 'none'})")
         return options[name]
@@ -214,16 +453,139 @@ class TrainConfig:
         Raises:
           ValueError: if --global_batch_size is set and not divisible by the replicas.
         """
-        if self.global_batch_size is None:
-            return self.batch_size * num_replicas
-        if self.global_batch_size % num_replicas:
-            raise ValueError(f"--global_batch_size={self.global_batch_size} is not divisible by "
+        run = self.run
+        if run.global_batch_size is None:
+            return run.batch_size * num_replicas
+        if run.global_batch_size % num_replicas:
+            raise ValueError(f"--global_batch_size={run.global_batch_size} is not divisible by "
                              f"{num_replicas} replicas")
-        return self.global_batch_size
+        return run.global_batch_size
 
     def scaled_learning_rate(self, global_batch: int) -> float:
         """--learning_rate x global batch / 128 (the linear scaling rule of the tutorial)."""
-        return self.learning_rate * global_batch / REFERENCE_BATCH
+        return self.optimizer.learning_rate * global_batch / REFERENCE_BATCH
+
+    # --- The configuration as flags: saved, shown, compared -------------------------
+
+    def settings(self) -> list[tuple[str, str, dataclasses.Field, Any]]:
+        """(group title, flag name, field, value) of every setting, the task's own last."""
+        out = [("task", "task", None, self.task)]
+        for name in SECTIONS:
+            section = getattr(self, name)
+            out += [(section.title, flag_name(f), f, getattr(section, f.name)) for f, _ in fields_of(type(section))]
+        if self.task_options is not None:
+            out += [(f"task {self.task}", f.name, f, getattr(self.task_options, f.name))
+                    for f, _ in fields_of(type(self.task_options))]
+        return out
+
+    def saved_flags(self) -> dict[str, Any]:
+        """flag name -> value of every setting saved in the model_dir (JSON-ready: tuples become lists)."""
+        return {name: list(value) if isinstance(value, tuple) else value
+                for _, name, field, value in self.settings() if field is None or field.metadata.get("save", True)}
+
+    def non_default(self) -> list[str]:
+        """'--flag=value' for each setting that differs from its default."""
+        return [flag_argument(name, value) for _, name, field, value in self.settings()
+                if field is not None and value != field.default and field.metadata.get("save", True)] + \
+            ([f"--task={self.task}"] if self.task != "classification" else [])
+
+    def compare_saved(self, saved: dict[str, Any]) -> list[str]:
+        """What differs from `saved` (a saved_flags() of an earlier run), as lines '--flag: old -> new'.
+
+        Raises:
+          ValueError: if a guarded setting differs (model, batch size, optimizer;
+            data order under --deterministic) and --allow_config_change is not set.
+        """
+        changes, refused = [], []
+        deterministic = bool(saved.get("deterministic")) or self.run.deterministic
+        for _, name, field, value in self.settings():
+            if name not in saved or (field is not None and not field.metadata.get("compare", True)):
+                continue
+            old = tuple(saved[name]) if isinstance(saved[name], list) else saved[name]
+            if old == value:
+                continue
+            changes.append(f"--{name}: {show_value(old) if old is not None else 'unset'} -> "
+                           f"{show_value(value) if value is not None else 'unset'}")
+            guard = field.metadata.get("guard") if field is not None else LOCKED
+            if guard == LOCKED or (guard == LOCKED_IF_DETERMINISTIC and deterministic):
+                refused.append(changes[-1])
+        if refused and not self.command.allow_config_change:
+            why = "the checkpoint's model, batch or optimizer" if any(
+                n in c for c in refused for n in ("model", "batch", "optimizer", "task", "backbone", "resize",
+                                                  "accumulation", "ema")) else "a --deterministic run's data order"
+            raise ValueError(f"--model_dir={self.run.model_dir} holds a run with other settings "
+                             f"({'; '.join(refused)}): that changes {why}. Use another --model_dir, or "
+                             "--allow_config_change to resume anyway")
+        return changes
+
+
+def flag_argument(name: str, value) -> str:
+    """The command-line form of a setting: --name=value, --name / --noname for booleans."""
+    if isinstance(value, bool):
+        return f"--{name}" if value else f"--no{name}"
+    return f"--{name}={show_value(value)}"
+
+
+CONFIG_FLAGS, CONFIG_JSON = "config.flags", "config.json"
+
+
+def write_saved_config(config: TrainConfig, command: str = "python -m launch.train") -> None:
+    """Writes <model_dir>/config.flags (a flagfile that reruns the job) and config.json.
+
+    Settings that are None (unset) are left out of the flagfile: their flags'
+    defaults are None.
+    """
+    from engine.files import write_atomic
+
+    folder = config.run.model_dir
+    lines = ["# The resolved configuration of the run in this folder, saved by launch.train.",
+             f"# Rerun (resume) it with:  {command} --flagfile={os.path.join(folder, CONFIG_FLAGS)}"]
+    group = None
+    for title, name, field, value in config.settings():
+        if field is not None and not field.metadata.get("save", True):
+            continue
+        if title != group:
+            lines.append(f"# {title}")
+            group = title
+        if value is None:
+            continue
+        lines.append(flag_argument(name, value))
+    write_atomic(os.path.join(folder, CONFIG_FLAGS), "\n".join(lines) + "\n")
+    write_atomic(os.path.join(folder, CONFIG_JSON), json.dumps(config.saved_flags(), indent=1) + "\n")
+
+
+def read_saved_config(model_dir: str) -> dict[str, Any] | None:
+    """The settings saved by an earlier run in `model_dir` (config.json), or None if there are none."""
+    path = os.path.join(model_dir, CONFIG_JSON)
+    if not os.path.isfile(path):
+        return None
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError) as e:
+        raise ValueError(f"{path} is unreadable ({e}); move it away to start the run's config afresh") from None
+
+
+def check_writable_folder(path: str) -> None:
+    """Checks that `path` is, or can be made, a folder this process can write in; creates nothing.
+
+    Raises:
+      ValueError: naming --model_dir and the cause (a file, a special file
+        system such as /proc, no permission).
+    """
+    path = os.path.abspath(os.path.expanduser(path))
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise ValueError(f"--model_dir={path} is a file, not a folder")
+    parent = path
+    while not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise ValueError(f"--model_dir={path}: {parent} is a file, not a folder")
+    try:  # A probe, removed at once: os.access says yes to root even on /proc and /sys.
+        os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=parent))
+    except OSError as e:
+        raise ValueError(f"--model_dir={path}: cannot create or write a folder in {parent} "
+                         f"({e.strerror or e})") from None
 
 
 def parse_floats(flag: str, values) -> tuple[float, ...]:
@@ -232,10 +594,4 @@ def parse_floats(flag: str, values) -> tuple[float, ...]:
     Raises:
       ValueError: naming the flag and the value that is not a number.
     """
-    out = []
-    for v in values or ():
-        try:
-            out.append(float(v))
-        except (TypeError, ValueError):
-            raise ValueError(f"--{flag}: {v!r} is not a number") from None
-    return tuple(out)
+    return _parse(flag, tuple[float, ...], values or ())

@@ -40,6 +40,7 @@ class Run:
       schedule: the first phase's learning rate, from which fine-tuning's is derived.
       task: the task, which builds the fine-tuning phase's Trainer too.
       data: the task's data.
+      last_trainer: the fine-tuning phase's Trainer, once that phase started.
     """
 
     config: TrainConfig
@@ -50,6 +51,41 @@ class Run:
     schedule: keras.optimizers.schedules.LearningRateSchedule | float | None = None
     task: tasks.Task | None = None
     data: tasks.TaskData | None = None
+    last_trainer: Trainer | None = None  # The fine-tuning phase's, once it started.
+
+    @property
+    def total_steps(self) -> int:
+        """Steps the whole run trains, counted from step 0 (both phases when it fine-tunes)."""
+        return self.config.run.train_steps or int(round(self.config.run.epochs * self.train_input.steps_per_epoch))
+
+    def plan(self) -> str:
+        """One line: epochs, steps, where the run starts, the strategy and the model_dir."""
+        trainer, spe = self.trainer, self.train_input.steps_per_epoch
+        total, step = self.total_steps, trainer.global_step
+        start = f"resuming at step {step} from {trainer.restored_from}" if trainer.restored_from else "from step 0"
+        return (f"plan: {total / spe:g} epochs = {total} steps of global batch {trainer.global_batch_size} "
+                f"({spe} per epoch), {start}; {self.config.distribution.strategy} strategy with "
+                f"{trainer.strategy.num_replicas_in_sync} replica(s); model_dir {self.config.run.model_dir}")
+
+    def where_things_are(self) -> list[str]:
+        """The end-of-run lines: newest and best checkpoints, history, curves, TensorBoard."""
+        folder = self.config.run.model_dir
+        trainer = self.last_trainer or self.trainer
+        lines = [f"newest checkpoint: {trainer.checkpointer.latest if trainer.checkpointer else 'none'}"]
+        best = os.path.join(trainer.model_dir, "best", "best.json")
+        if os.path.isfile(best):
+            with open(best) as f:
+                info = json.load(f)
+            lines.append(f"best checkpoint: {os.path.join(os.path.dirname(best), info['checkpoint'])} "
+                         f"({info['metric']}={info['value']:.4g} at step {info['step']})")
+        history = os.path.join(folder, "history.json")
+        if os.path.isfile(history):
+            lines.append(f"history: {history} (and history.csv)")
+        curves = os.path.join(folder, "curves.png")
+        lines.append(f"curves: {curves}" if os.path.isfile(curves) else
+                     f"curves: python -m launch.plot --model_dir={folder}")
+        lines.append(f"TensorBoard: tensorboard --logdir={folder}")
+        return lines
 
     def train(self) -> dict[str, list[float]]:
         """Trains to the configured end, evaluating each epoch; returns the history.
@@ -61,24 +97,25 @@ class Run:
         """
         config = self.config
         if self.backbone is None:
-            return self.trainer.fit(self.train_input, self.eval_data, epochs=config.epochs,
-                                    train_steps=config.train_steps)
+            return self.trainer.fit(self.train_input, self.eval_data, epochs=config.run.epochs,
+                                    train_steps=config.run.train_steps)
         spe = self.train_input.steps_per_epoch
-        total = config.train_steps or int(round(config.epochs * spe))
-        head_steps = min(total, int(round(config.finetune_after_epochs * spe)))
+        total = config.run.train_steps or int(round(config.run.epochs * spe))
+        head_steps = min(total, int(round(config.model.finetune_after_epochs * spe)))
         history = self.trainer.fit(self.train_input, self.eval_data, train_steps=head_steps)
         if self.trainer.stopped_by or head_steps >= total:
             return history
         model, strategy = self.trainer.model, self.trainer.strategy
-        names = transfer.unfreeze_top(self.backbone, config.finetune_layers)
+        names = transfer.unfreeze_top(self.backbone, config.model.finetune_layers)
         EpochProgress.write(f"fine-tuning {len(names)} backbone layers ({', '.join(names[-3:])}, ...) at "
-                            f"{config.finetune_lr_factor:g} x the learning rate")
+                            f"{config.model.finetune_lr_factor:g} x the learning rate")
         rate = self.schedule(head_steps) if callable(self.schedule) else self.schedule
         with strategy.scope():
-            optimizer = keras.optimizers.SGD(learning_rate=config.finetune_lr_factor * float(rate),
-                                             momentum=config.momentum)
+            optimizer = keras.optimizers.SGD(learning_rate=config.model.finetune_lr_factor * float(rate),
+                                             momentum=config.optimizer.momentum)
         finetune = _trainer(self.task, self.data, config, model, optimizer, strategy, self.trainer.global_batch_size,
-                            os.path.join(config.model_dir, "finetune"))
+                            os.path.join(config.run.model_dir, "finetune"))
+        self.last_trainer = finetune
         more = finetune.fit(self.train_input, self.eval_data, train_steps=total - head_steps)
         return {k: history.get(k, []) + more.get(k, []) for k in {*history, *more}}
 
@@ -86,7 +123,7 @@ class Run:
 def prepare(config: TrainConfig) -> Run:
     """Builds and checks a run; all bad input fails here, before any training.
 
-    Nothing is written to config.model_dir by this function.
+    The model_dir is written to (model.keras, run.json) only once every check passed.
 
     Raises:
       ValueError: a bad data_dir or file in it, a global batch not divisible by the
@@ -95,61 +132,61 @@ def prepare(config: TrainConfig) -> Run:
     """
     task = tasks.get(config.task)
     task.check(config)
-    if config.best_metric and config.best_metric not in [f"eval_{m}" for m in ("loss", *task.metrics)]:
-        raise ValueError(f"--best_metric={config.best_metric!r}: the {task.name} task reports "
+    if config.run.best_metric and config.run.best_metric not in [f"eval_{m}" for m in ("loss", *task.metrics)]:
+        raise ValueError(f"--best_metric={config.run.best_metric!r}: the {task.name} task reports "
                          f"{', '.join(f'eval_{m}' for m in ('loss', *task.metrics))} (or leave it empty)")
     cluster = distribution.cluster_from_env_or_flags(
-        worker_hosts=config.worker_hosts, ps_hosts=config.ps_hosts, chief_host=config.chief_host,
-        task_type=config.task_type, task_index=config.task_index)
-    if cluster is not None and config.strategy not in distribution.MULTI_WORKER:
-        raise ValueError(f"a cluster is given (TF_CONFIG or --worker_hosts) but --strategy={config.strategy}; "
+        worker_hosts=config.distribution.worker_hosts, ps_hosts=config.distribution.ps_hosts, chief_host=config.distribution.chief_host,
+        task_type=config.distribution.task_type, task_index=config.distribution.task_index)
+    if cluster is not None and config.distribution.strategy not in distribution.MULTI_WORKER:
+        raise ValueError(f"a cluster is given (TF_CONFIG or --worker_hosts) but --strategy={config.distribution.strategy}; "
                          f"use one of {', '.join(distribution.MULTI_WORKER)}")
     if cluster is not None:
         cluster.check_port_free()
-        if config.strategy == "parameter_server" and cluster.task_type in ("worker", "ps"):
+        if config.distribution.strategy == "parameter_server" and cluster.task_type in ("worker", "ps"):
             serve(cluster)  # Never returns: the chief (coordinator) drives the training.
-    configure_cpu_devices(config.num_cpu_devices)
-    distribution.configure_gpus(memory_growth=config.memory_growth, visible=config.visible_gpus)
-    if config.deterministic:
+    configure_cpu_devices(config.distribution.num_cpu_devices)
+    distribution.configure_gpus(memory_growth=config.distribution.memory_growth, visible=config.distribution.visible_gpus)
+    if config.run.deterministic:
         tf.config.experimental.enable_op_determinism()
-    strategy = create_strategy(config.strategy, cluster, collective_timeout_s=config.collective_timeout_s)
+    strategy = create_strategy(config.distribution.strategy, cluster, collective_timeout_s=config.distribution.collective_timeout_s)
     replicas = strategy.num_replicas_in_sync
     global_batch = config.global_batch(replicas)
     say = EpochProgress.write if distribution.is_chief(strategy) else (lambda line: None)
-    data = task.data(config, global_batch, progress=config.progress and distribution.is_chief(strategy))
+    data = task.data(config, global_batch, progress=config.run.progress and distribution.is_chief(strategy))
     steps_per_epoch = data.steps_per_epoch
     say(f"{task.name} task, {data.source}: {data.num_train} train, {data.num_eval} eval examples; "
-        f"{replicas} replica(s), per-replica batch {global_batch // replicas}, global batch {global_batch}, "
+        f"{config.distribution.strategy} strategy, {replicas} replica(s), per-replica batch {global_batch // replicas}, global batch {global_batch}, "
         f"{steps_per_epoch} steps per epoch")
     for line in data.skipped:
         say(f"skipped bad example {line}")
     train_input = EpochInput(data.train_fn, steps_per_epoch)
     # The schedule counts optimizer updates: accumulation_steps batches make one.
-    k = config.accumulation_steps
-    total_batches = config.train_steps or int(round(config.epochs * steps_per_epoch))
-    schedule = build_schedule(config.lr_schedule, config.scaled_learning_rate(global_batch * k),
+    k = config.optimizer.accumulation_steps
+    total_batches = config.run.train_steps or int(round(config.run.epochs * steps_per_epoch))
+    schedule = build_schedule(config.schedule.lr_schedule, config.scaled_learning_rate(global_batch * k),
                               steps_per_epoch=steps_per_epoch / k if k > 1 else steps_per_epoch,
-                              total_steps=max(2, math.ceil(total_batches / k)), boundaries=config.lr_boundaries,
-                              multipliers=config.lr_multipliers, warmup_epochs=config.warmup_epochs)
-    keras.utils.set_random_seed(config.seed)
-    set_precision(config.precision)
+                              total_steps=max(2, math.ceil(total_batches / k)), boundaries=config.schedule.lr_boundaries,
+                              multipliers=config.schedule.lr_multipliers, warmup_epochs=config.schedule.warmup_epochs)
+    keras.utils.set_random_seed(config.run.seed)
+    set_precision(config.compute.precision)
     with strategy.scope():
         model = task.model(config, data)
-        optimizer = build_optimizer(config.optimizer, schedule, momentum=config.momentum, nesterov=config.nesterov,
-                                    weight_decay=config.decoupled_weight_decay, clip_norm=config.clip_norm,
-                                    loss_scale=config.precision == "float16")
+        optimizer = build_optimizer(config.optimizer.name, schedule, momentum=config.optimizer.momentum, nesterov=config.optimizer.nesterov,
+                                    weight_decay=config.optimizer.decoupled_weight_decay, clip_norm=config.optimizer.clip_norm,
+                                    loss_scale=config.compute.precision == "float16")
     say(f"model {task.model_label(config, model)} ({model.count_params():,} parameters, "
-        f"{sum(int(v.numpy().size) for v in model.trainable_variables):,} trainable), {config.optimizer} "
-        f"(momentum {config.momentum}), {config.lr_schedule} learning rate "
-        f"{config.scaled_learning_rate(global_batch * k):g}, {config.precision}")
-    finetuning = config.finetune_after_epochs is not None
+        f"{sum(int(v.numpy().size) for v in model.trainable_variables):,} trainable), {config.optimizer.name} "
+        f"(momentum {config.optimizer.momentum}), {config.schedule.lr_schedule} learning rate "
+        f"{config.scaled_learning_rate(global_batch * k):g}, {config.compute.precision}")
+    finetuning = config.model.finetune_after_epochs is not None
     trainer = _trainer(task, data, config, model, optimizer, strategy, global_batch)
     if data.skipped and trainer.is_chief:
         trainer.add_hook("train_begin", lambda t, logs: t.write_scalars(
             "train", {"skipped_bad_examples": float(len(data.skipped))}, t.global_step))
     trainer.restore()
     if trainer.is_chief:
-        save_run_files(config.model_dir, model, task=task.name, **data.info)
+        save_run_files(config.run.model_dir, model, task=task.name, **data.info)
     backbone = data.runtime.get("backbone")
     return Run(config, trainer, train_input, data.eval_data, backbone=backbone if finetuning else None,
                schedule=schedule, task=task, data=data)
@@ -158,33 +195,33 @@ def prepare(config: TrainConfig) -> Run:
 def _trainer(task: tasks.Task, data: tasks.TaskData, config: TrainConfig, model, optimizer, strategy,
              global_batch: int, model_dir: str | None = None) -> Trainer:
     """The task's Trainer with the engine options and hooks the flags ask for."""
-    model_dir = model_dir or config.model_dir
+    model_dir = model_dir or config.run.model_dir
     hooks: list[object] = [hooks_lib.HistoryLogger(model_dir)]
-    if config.early_stopping_patience:
-        hooks.append(hooks_lib.EarlyStopping(config.early_stopping_metric, patience=config.early_stopping_patience,
-                                             min_delta=config.early_stopping_min_delta,
-                                             restore_best=config.restore_best))
-    if config.plateau_patience:
-        hooks.append(hooks_lib.ReduceLROnPlateau(config.plateau_metric, factor=config.plateau_factor,
-                                                 patience=config.plateau_patience))
-    if config.histogram_every_epochs:
-        hooks.append(hooks_lib.WeightHistograms(config.histogram_every_epochs))
-    if config.profile_steps:
-        hooks.append(hooks_lib.Profiler(os.path.join(model_dir, "train"), *config.profile_steps))
-    if config.max_time:
-        hooks.append(hooks_lib.MaxTime(config.max_time))
+    if config.run.early_stopping_patience:
+        hooks.append(hooks_lib.EarlyStopping(config.run.early_stopping_metric, patience=config.run.early_stopping_patience,
+                                             min_delta=config.run.early_stopping_min_delta,
+                                             restore_best=config.run.restore_best))
+    if config.schedule.plateau_patience:
+        hooks.append(hooks_lib.ReduceLROnPlateau(config.schedule.plateau_metric, factor=config.schedule.plateau_factor,
+                                                 patience=config.schedule.plateau_patience))
+    if config.run.histogram_every_epochs:
+        hooks.append(hooks_lib.WeightHistograms(config.run.histogram_every_epochs))
+    if config.run.profile_steps:
+        hooks.append(hooks_lib.Profiler(os.path.join(model_dir, "train"), *config.run.profile_steps))
+    if config.run.max_time:
+        hooks.append(hooks_lib.MaxTime(config.run.max_time))
     return task.trainer(
         config, model=model, optimizer=optimizer, data=data,
         global_batch_size=global_batch, strategy=strategy, model_dir=model_dir,
-        steps_per_loop=config.steps_per_loop, progress=config.progress, hooks=hooks,
-        accumulation_steps=config.accumulation_steps, ema_decay=config.ema_decay or None,
-        checkpoint=CheckpointOptions(every_steps=config.checkpoint_every_steps, keep=config.keep_checkpoints,
-                                     best_metric=config.best_metric or None),
-        guard=GuardOptions(nonfinite_limit=config.nonfinite_limit or None, action=config.nonfinite_action,
-                           rollback_lr_factor=config.rollback_lr_factor,
-                           max_rollbacks=None if config.max_rollbacks < 0 else config.max_rollbacks),
-        kernels=KernelOptions(fused_batch_norm=config.fused_batch_norm, sync_batch_norm=config.sync_batch_norm,
-                              jit_compile=config.jit_compile))
+        steps_per_loop=config.run.steps_per_loop, progress=config.run.progress, hooks=hooks,
+        accumulation_steps=config.optimizer.accumulation_steps, ema_decay=config.optimizer.ema_decay or None,
+        checkpoint=CheckpointOptions(every_steps=config.run.checkpoint_every_steps, keep=config.run.keep_checkpoints,
+                                     best_metric=config.run.best_metric or None),
+        guard=GuardOptions(nonfinite_limit=config.run.nonfinite_limit or None, action=config.run.nonfinite_action,
+                           rollback_lr_factor=config.run.rollback_lr_factor,
+                           max_rollbacks=None if config.run.max_rollbacks < 0 else config.run.max_rollbacks),
+        kernels=KernelOptions(fused_batch_norm=config.compute.fused_batch_norm, sync_batch_norm=config.compute.sync_batch_norm,
+                              jit_compile=config.compute.jit_compile))
 
 
 RUN_JSON = "run.json"

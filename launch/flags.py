@@ -1,132 +1,110 @@
-"""Every command-line flag of the launch mains, defined once.
+"""launch.train's flags, generated from launch.config's sections (nothing is typed twice).
 
-Library modules never import absl.flags: a main turns these flags into a
+Each field of a config section (and of each task's options dataclass) becomes
+one absl flag of the same name, type, default and help. `print_help` lists them
+by group for --help/--helpshort; absl's own --helpfull adds absl's flags.
+Library modules never import absl.flags: a main turns the flags into a
 validated launch.config.TrainConfig and passes that down.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import shutil
+import sys
+import textwrap
+import types
+import typing
+
 from absl import flags
 
-from engine.distribution import STRATEGIES
+from launch import config as config_lib
 from launch import tasks
-from models import MODEL_NAMES
+
+FLAGS = flags.FLAGS
+
+
+def _kind(annotation):
+    """(base type, is a list) of a field's annotation: float | None -> (float, False), tuple[int, ...] -> (int, True)."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
+    if typing.get_origin(annotation) is tuple:
+        return typing.get_args(annotation)[0], True
+    return annotation, False
+
+
+def _define(field: dataclasses.Field, annotation, group: str) -> None:
+    name = config_lib.flag_name(field)
+    help_text = field.metadata.get("help", "")
+    if field.metadata.get("choices"):
+        help_text += f" One of: {', '.join(field.metadata['choices'])}."
+    base, is_list = _kind(annotation)
+    default = field.default
+    module = f"launch.train [{group}]"  # --helpfull groups flags by this name.
+    if is_list:
+        flags.DEFINE_list(name, [str(v) for v in default] or None, help_text, module_name=module)
+    elif base is bool:
+        flags.DEFINE_bool(name, default, help_text, module_name=module)
+    elif base is int:
+        flags.DEFINE_integer(name, default, help_text, module_name=module)
+    elif base is float:
+        flags.DEFINE_float(name, default, help_text, module_name=module)
+    else:
+        flags.DEFINE_string(name, default, help_text, module_name=module)
+
+
+def groups() -> list[tuple[str, list[tuple[dataclasses.Field, object]]]]:
+    """(group title, [(field, annotation)]) for every section, then each task's options."""
+    out = [(cls.title, config_lib.fields_of(cls)) for cls in config_lib.SECTIONS.values()]
+    for name in tasks.names():
+        options = tasks.get(name).options_class
+        if options is not None:
+            out.append((f"task {name}", config_lib.fields_of(options)))
+    return out
+
+
+TASK_HELP = "What to train: each task is one file in launch/tasks/ with its data, model, loss, metrics and flags."
 
 
 def define_train_flags() -> None:
-    """Defines the flags of launch.train (idempotent per process is not needed: call once)."""
-    flags.DEFINE_enum("task", "classification", tasks.names(), "What to train: each task is one file in "
-                      "launch/tasks/ with its data, model, loss, metrics and flags.")
-    tasks.define_flags()
-    flags.DEFINE_string("data_dir", None, "CIFAR-10 folder: train.csv/test.csv, train/ and test/ class folders, "
-                        "cifar-10-python.tar.gz, cifar-10-batches-py/ or cifar-10-batches-bin/. "
-                        "Unset: Keras's download cache.")
-    flags.DEFINE_string("model_dir", "/tmp/cifar10_model", "Checkpoints and TensorBoard summaries; "
-                        "a rerun with the same folder resumes.")
-    flags.DEFINE_enum("model", "resnet56", list(MODEL_NAMES), "Network.")
-    flags.DEFINE_string("backbone", None, "Transfer learning: a keras.applications name (ResNet50, MobileNetV2, "
-                        "...) or a saved .keras/.h5/SavedModel path; frozen, with a new head. Replaces --model.")
-    flags.DEFINE_string("backbone_weights", "imagenet", "keras.applications weights: imagenet, none, or a file.")
-    flags.DEFINE_string("backbone_cut", None, "Saved backbone: layer name (e.g. mixed7) or index (e.g. -3) to cut at.")
-    flags.DEFINE_list("resize_to", None, "Resize inputs to height,width before the backbone.")
-    flags.DEFINE_float("dropout", 0.5, "Dropout before the transfer head.")
-    flags.DEFINE_float("finetune_after_epochs", None, "Transfer learning: after this many epochs, unfreeze "
-                       "--finetune_layers top layers of the backbone and go on at a lower learning rate.")
-    flags.DEFINE_integer("finetune_layers", 20, "Top backbone layers to unfreeze for fine-tuning "
-                         "(BatchNorm stays frozen).")
-    flags.DEFINE_float("finetune_lr_factor", 0.1, "Learning-rate factor for the fine-tuning phase.")
-    flags.DEFINE_integer("batch_size", 128, "Per-replica batch; the global batch is this times the replicas.")
-    flags.DEFINE_integer("global_batch_size", None, "Global batch over all replicas, instead of --batch_size; "
-                         "must be divisible by the replicas.")
-    flags.DEFINE_float("epochs", 60, "Epochs to train in total (fractions allowed).")
-    flags.DEFINE_integer("train_steps", None, "Optimizer steps to train in total; overrides --epochs.")
-    flags.DEFINE_integer("steps_per_loop", 50, "Steps per call of the compiled training loop.")
-    flags.DEFINE_integer("checkpoint_every_steps", 200, "Checkpoint every this many steps, and at each epoch end.")
-    flags.DEFINE_integer("keep_checkpoints", 3, "How many recent checkpoints to keep.")
-    flags.DEFINE_enum("strategy", "default", list(STRATEGIES), "tf.distribute strategy.")
-    flags.DEFINE_list("worker_hosts", None, "Multi-worker: host:port of every worker (instead of TF_CONFIG).")
-    flags.DEFINE_list("ps_hosts", None, "Parameter-server training: host:port of every ps task.")
-    flags.DEFINE_string("chief_host", None, "Parameter-server training: host:port of the chief (coordinator).")
-    flags.DEFINE_string("task_type", None, "This process's job in the cluster: chief, worker or ps.")
-    flags.DEFINE_integer("task_index", None, "This process's index in its job.")
-    flags.DEFINE_float("collective_timeout_s", 600, "multi_worker_mirrored: fail a collective (a worker died) "
-                       "after this many seconds instead of waiting forever.")
-    flags.DEFINE_bool("memory_growth", False, "Allocate GPU memory as needed instead of all at start.")
-    flags.DEFINE_string("visible_gpus", None, "Comma-separated GPU indices to use (default: all).")
-    flags.DEFINE_integer("num_cpu_devices", 1, "Split the CPU into this many logical devices (with "
-                         "--strategy=mirrored: several replicas on a machine without GPUs).")
-    flags.DEFINE_float("learning_rate", 0.1, "Learning rate at a global batch of 128; scaled linearly "
-                       "with the global batch.")
-    flags.DEFINE_list("lr_boundaries", ["30", "45"], "Epochs (floats allowed) at which the learning rate "
-                      "becomes base x the matching --lr_multipliers value.")
-    flags.DEFINE_list("lr_multipliers", ["0.1", "0.01"], "Factors of the base learning rate, one per boundary.")
-    flags.DEFINE_float("momentum", 0.9, "SGD momentum.")
-    flags.DEFINE_float("weight_decay", 1e-4, "Weight decay of conv and dense kernels (the paper's 1e-4).")
-    flags.DEFINE_integer("seed", 0, "Seed of the initial weights, the shuffle and the augmentation.")
-    flags.DEFINE_bool("deterministic", False, "Op determinism and fixed seeds: a run killed at any step and "
-                      "rerun ends with bitwise the same weights as an uninterrupted one (slower).")
-    flags.DEFINE_integer("nonfinite_limit", 10, "Skip steps with NaN/Inf loss or gradients; after this many in a "
-                         "row, apply --nonfinite_action. 0 turns the guard off.")
-    flags.DEFINE_enum("nonfinite_action", "rollback", ["rollback", "stop"], "rollback: restore the newest "
-                      "checkpoint and multiply the learning rate by --rollback_lr_factor; stop: exit with an error.")
-    flags.DEFINE_float("rollback_lr_factor", 0.5, "Learning-rate factor applied at each rollback; it compounds "
-                       "(the second rollback trains at factor^2 of the schedule).")
-    flags.DEFINE_integer("max_rollbacks", 3, "Rollbacks allowed over the run; at the next divergence the run stops "
-                         "with exit status 1. -1: no limit.")
-    flags.DEFINE_string("best_metric", "eval_accuracy", "Keep the checkpoint with the best value of this eval "
-                        "metric in <model_dir>/best (empty: keep none).")
-    flags.DEFINE_bool("progress", True, "Show a progress bar per epoch.")
-    # Input pipelines (datasets.images): any image source instead of --data_dir's CIFAR-10.
-    flags.DEFINE_string("train_data", None, "Training images: a folder of class folders, a CSV index "
-                        "('<path>,<class id>' rows, paths relative to the CSV) or a TFRecord glob "
-                        "(datasets.to_tfrecord). Replaces --data_dir.")
-    flags.DEFINE_string("eval_data", None, "Evaluation images, in any of --train_data's forms.")
-    flags.DEFINE_string("augment", "cifar", "Augmentation recipes, comma-separated, applied in order: "
-                        "cifar (pad-crop-flip), flip, jitter (brightness/contrast), affine (rotation/shift/"
-                        "shear/zoom/flip, as ImageDataGenerator), imagenet (random resize+224 crop; first), none.")
-    flags.DEFINE_list("image_size", None, "height,width to resize --train_data images to (imagenet: the crop).")
-    flags.DEFINE_enum("cache", "decoded", ["decoded", "encoded", "none"], "--train_data: decode every image once "
-                      "into memory (decoded), keep the file bytes in memory (encoded), or read files every epoch.")
-    flags.DEFINE_enum("normalize", "channel", ["channel", "per_image", "imagenet", "unit"],
-                      "--train_data: per-channel mean/std of the training images, per-image standardisation, "
-                      "ImageNet mean subtraction, or /255.")
-    flags.DEFINE_bool("skip_bad_examples", False, "Leave out images that are missing, empty or undecodable "
-                      "(counted and reported) instead of stopping with their name.")
-    # Optimisation.
-    flags.DEFINE_enum("optimizer", "sgd", ["sgd", "adam", "adamw", "rmsprop", "nadam"], "Optimizer.")
-    flags.DEFINE_bool("nesterov", False, "SGD with Nesterov momentum.")
-    flags.DEFINE_float("decoupled_weight_decay", 0.0, "Decoupled weight decay per step, times the learning rate "
-                       "(AdamW-style; adamw defaults to 0.004 when 0 is not given explicitly). Separate from "
-                       "--weight_decay, the L2 loss on kernels.")
-    flags.DEFINE_float("clip_norm", None, "Clip gradients to this global L2 norm.")
-    flags.DEFINE_integer("accumulation_steps", 1, "Accumulate gradients over this many global batches per update.")
-    flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16", "float16"], "Compute precision "
-                      "(mixed: weights stay float32; float16 adds loss scaling).")
-    flags.DEFINE_float("ema_decay", 0.0, "Moving average of the weights for evaluation and export (e.g. 0.999); "
-                       "0 for none.")
-    flags.DEFINE_float("label_smoothing", 0.0, "Label smoothing of the training loss.")
-    flags.DEFINE_bool("jit_compile", False, "Compile each replica's forward-backward pass with XLA (slower on "
-                      "this CPU; try it on GPUs).")
-    flags.DEFINE_bool("sync_batch_norm", False, "BatchNormalization statistics over the global batch (all "
-                      "replicas), Keras's synchronized=True; such layers do not use the fused kernel.")
-    flags.DEFINE_bool("fused_batch_norm", True, "Run BatchNormalization layers on TensorFlow's fused kernel in the "
-                      "compiled steps (same results; 1.36x faster ResNet-20 steps here); --nofused_batch_norm "
-                      "keeps Keras's computation.")
-    flags.DEFINE_enum("lr_schedule", "piecewise", ["piecewise", "constant", "cosine", "onecycle"],
-                      "Learning-rate schedule (piecewise uses --lr_boundaries/--lr_multipliers; onecycle peaks at "
-                      "--learning_rate).")
-    flags.DEFINE_float("warmup_epochs", 0.0, "Linear learning-rate warm-up over this many epochs.")
-    flags.DEFINE_integer("plateau_patience", 0, "Multiply the learning rate by --plateau_factor after this many "
-                         "epochs without a better --plateau_metric; 0 turns it off.")
-    flags.DEFINE_float("plateau_factor", 0.1, "Learning-rate factor on a plateau.")
-    flags.DEFINE_string("plateau_metric", "eval_loss", "Epoch-end metric watched for plateaus.")
-    # Hooks.
-    flags.DEFINE_integer("early_stopping_patience", 0, "Stop after this many epochs without a better "
-                         "--early_stopping_metric; 0 turns it off.")
-    flags.DEFINE_string("early_stopping_metric", "eval_loss", "Epoch-end metric watched by early stopping.")
-    flags.DEFINE_float("early_stopping_min_delta", 0.0, "Smallest change that counts as better.")
-    flags.DEFINE_bool("restore_best", True, "On early stopping, restore the best epoch's weights.")
-    flags.DEFINE_integer("histogram_every_epochs", 0, "TensorBoard weight histograms every this many epochs; 0: off.")
-    flags.DEFINE_list("profile_steps", None, "start,stop: record the TensorFlow profiler over these global steps.")
-    flags.DEFINE_float("max_time", None, "Wall-clock budget in seconds: checkpoint and stop at the first loop end "
-                       "past it (rerun to go on).")
+    """Defines the flags of launch.train, once per process."""
+    flags.DEFINE_string("task", "classification", TASK_HELP + f" One of: {', '.join(tasks.names())}.",
+                        module_name="launch.train [task]")
+    seen: dict[str, str] = {}
+    for title, fields in groups():
+        for field, annotation in fields:
+            name = config_lib.flag_name(field)
+            if name in seen:
+                raise ValueError(f"flag --{name} is defined by both {seen[name]} and {title}")
+            seen[name] = title
+            _define(field, annotation, title)
+
+
+def config_from_flags() -> config_lib.TrainConfig:
+    """The validated TrainConfig from the parsed flags.
+
+    Raises:
+      ValueError: naming the flag of the first bad value.
+    """
+    task = tasks.get(FLAGS.task)
+    return config_lib.TrainConfig.from_flag_values(FLAGS, task.options_class)
+
+
+HELP_ARGS = ("--help", "-help", "-h", "-?", "--helpshort", "-helpshort")
+
+
+def print_help(doc: str, out=sys.stdout) -> None:
+    """Prints `doc` and the project's flags by group (name, default, help), for --help and --helpshort."""
+    width = min(shutil.get_terminal_size((100, 24)).columns, 100)
+    out.write(doc.strip() + "\n\nFlags by group (absl's own flags: --helpfull):\n")
+    entries = [("task", [(None, "task", "classification", TASK_HELP + f" One of: {', '.join(tasks.names())}.")])]
+    for title, fields in groups():
+        entries.append((title, [(f, config_lib.flag_name(f), f.default, FLAGS[config_lib.flag_name(f)].help)
+                                for f, _ in fields]))
+    for title, rows in entries:
+        out.write(f"\n{title}:\n")
+        for _, name, default, help_text in rows:
+            shown = "unset" if default is None or default == () else \
+                str(default).lower() if isinstance(default, bool) else config_lib.show_value(default)
+            out.write(f"  --{name}  (default: {shown})\n")
+            out.write(textwrap.fill(help_text, width, initial_indent="      ", subsequent_indent="      ") + "\n")

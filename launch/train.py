@@ -1,26 +1,36 @@
-"""Trains a ResNet on CIFAR-10: python -m launch.train --flagfile=launch/cifar.flags [--flag=value ...].
+"""Trains a model: python -m launch.train --flagfile=launch/cifar.flags [--flag=value ...].
 
 A flag on the command line overrides the same flag in the flag file, wherever it
 stands. Rerunning the same command resumes from the newest checkpoint in
---model_dir.
+--model_dir; the run's resolved flags are saved there as config.flags (rerun
+with --flagfile=<model_dir>/config.flags) and config.json.
 """
 
 from __future__ import annotations
 
 import os
 import sys
+import traceback
 
-# TensorFlow's C++ start-up chatter (oneDNN, CUDA probing) hides the run's own
-# lines; warnings and errors still show. Set before TensorFlow is imported.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+from launch import quiet
 
-from absl import app, flags, logging  # noqa: E402
+# TensorFlow's C++ start-up lines are hidden unless --tf_log_level is given on the
+# command line: it has to be read before TensorFlow loads, so before absl parses.
+_LOG_LEVEL = quiet.log_level_from_argv(sys.argv)
+os.environ["TF_CPP_MIN_LOG_LEVEL"] = _LOG_LEVEL if _LOG_LEVEL is not None else \
+    os.environ.get("TF_CPP_MIN_LOG_LEVEL", "2")
 
-from launch import flags as launch_flags  # noqa: E402
-from launch import tasks  # noqa: E402
-from launch.config import TrainConfig, parse_floats  # noqa: E402
+with quiet.native_startup_hidden(enabled=_LOG_LEVEL is None):
+    import tensorflow as tf
+
+    tf.config.list_physical_devices()  # CUDA probing logs here (cuInit on a machine without a GPU).
+    from absl import app, flags, logging
+
+    from launch import config as config_lib
+    from launch import flags as launch_flags
 
 FLAGS = flags.FLAGS
+PROG = "launch.train"
 
 
 def flagfiles_first(argv: list[str]) -> list[str]:
@@ -37,47 +47,24 @@ def flagfiles_first(argv: list[str]) -> list[str]:
     return argv[:1] + [a for a in rest if is_flagfile(a)] + [a for a in rest if not is_flagfile(a)]
 
 
-def config_from_flags() -> TrainConfig:
-    """Builds the validated TrainConfig from the parsed FLAGS."""
-    return TrainConfig(
-        data_dir=FLAGS.data_dir, model_dir=FLAGS.model_dir, model=FLAGS.model,
-        backbone=FLAGS.backbone, backbone_cut=FLAGS.backbone_cut, dropout=FLAGS.dropout,
-        backbone_weights=None if (FLAGS.backbone_weights or "none").lower() == "none" else FLAGS.backbone_weights,
-        resize_to=tuple(int(v) for v in parse_floats("resize_to", FLAGS.resize_to)),
-        finetune_after_epochs=FLAGS.finetune_after_epochs, finetune_layers=FLAGS.finetune_layers,
-        finetune_lr_factor=FLAGS.finetune_lr_factor,
-        batch_size=FLAGS.batch_size, global_batch_size=FLAGS.global_batch_size,
-        epochs=FLAGS.epochs, train_steps=FLAGS.train_steps, steps_per_loop=FLAGS.steps_per_loop,
-        checkpoint_every_steps=FLAGS.checkpoint_every_steps, keep_checkpoints=FLAGS.keep_checkpoints,
-        strategy=FLAGS.strategy, num_cpu_devices=FLAGS.num_cpu_devices,
-        worker_hosts=tuple(FLAGS.worker_hosts or ()), ps_hosts=tuple(FLAGS.ps_hosts or ()),
-        chief_host=FLAGS.chief_host, task_type=FLAGS.task_type, task_index=FLAGS.task_index,
-        collective_timeout_s=FLAGS.collective_timeout_s, memory_growth=FLAGS.memory_growth,
-        visible_gpus=FLAGS.visible_gpus, learning_rate=FLAGS.learning_rate,
-        lr_boundaries=parse_floats("lr_boundaries", FLAGS.lr_boundaries),
-        lr_multipliers=parse_floats("lr_multipliers", FLAGS.lr_multipliers),
-        momentum=FLAGS.momentum, weight_decay=FLAGS.weight_decay, seed=FLAGS.seed,
-        deterministic=FLAGS.deterministic, nonfinite_limit=FLAGS.nonfinite_limit,
-        nonfinite_action=FLAGS.nonfinite_action, rollback_lr_factor=FLAGS.rollback_lr_factor,
-        max_rollbacks=FLAGS.max_rollbacks, sync_batch_norm=FLAGS.sync_batch_norm,
-        best_metric=FLAGS.best_metric, progress=FLAGS.progress,
-        train_data=FLAGS.train_data, eval_data=FLAGS.eval_data, augment=FLAGS.augment,
-        image_size=tuple(int(v) for v in parse_floats("image_size", FLAGS.image_size)), cache=FLAGS.cache,
-        normalize=FLAGS.normalize, skip_bad_examples=FLAGS.skip_bad_examples,
-        optimizer=FLAGS.optimizer, nesterov=FLAGS.nesterov,
-        decoupled_weight_decay=(FLAGS.decoupled_weight_decay if FLAGS["decoupled_weight_decay"].present
-                                or FLAGS.optimizer != "adamw" else None),
-        clip_norm=FLAGS.clip_norm, accumulation_steps=FLAGS.accumulation_steps, precision=FLAGS.precision,
-        ema_decay=FLAGS.ema_decay, label_smoothing=FLAGS.label_smoothing,
-        fused_batch_norm=FLAGS.fused_batch_norm, jit_compile=FLAGS.jit_compile, lr_schedule=FLAGS.lr_schedule,
-        warmup_epochs=FLAGS.warmup_epochs, plateau_patience=FLAGS.plateau_patience,
-        plateau_factor=FLAGS.plateau_factor, plateau_metric=FLAGS.plateau_metric,
-        early_stopping_patience=FLAGS.early_stopping_patience, early_stopping_metric=FLAGS.early_stopping_metric,
-        early_stopping_min_delta=FLAGS.early_stopping_min_delta, restore_best=FLAGS.restore_best,
-        histogram_every_epochs=FLAGS.histogram_every_epochs,
-        profile_steps=tuple(int(v) for v in parse_floats("profile_steps", FLAGS.profile_steps)),
-        max_time=FLAGS.max_time, task=FLAGS.task,
-        task_options=tuple(sorted(tasks.get(FLAGS.task).options(FLAGS).items())))
+class UserError(Exception):
+    """A failure the user can fix: reported as one line and exit status 1."""
+
+
+def fail(message: str, error: BaseException | None = None) -> None:
+    """Exits with status 1 and `launch.train: error: <message>`; the traceback only with --verbose_errors."""
+    if error is not None and FLAGS["verbose_errors"].value:
+        traceback.print_exception(error)
+    sys.exit(f"{PROG}: error: {message}")
+
+
+def _os_error_line(e: OSError) -> str:
+    import errno
+
+    what = e.filename or ""
+    if e.errno == errno.ENOSPC:
+        return f"the disk is full writing {what or 'the model_dir'}"
+    return f"{e.strerror or type(e).__name__}: {what}" if what else str(e)
 
 
 def main(argv: list[str]) -> None:
@@ -85,34 +72,61 @@ def main(argv: list[str]) -> None:
         raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TF logs every checkpoint save at INFO.
-    from launch import experiment  # TensorFlow loads here, after the flags parsed.
+    from engine.checkpoint import CheckpointWriteError
+    from engine.progress import EpochProgress
+    from engine.trainer import NonFiniteError
+    from launch import experiment
 
     try:
-        run = experiment.prepare(config_from_flags())  # Bad flags fail here, before TensorFlow starts work.
+        config = launch_flags.config_from_flags()
+        saved = config_lib.read_saved_config(config.run.model_dir)
+        changes = config.compare_saved(saved) if saved is not None else []  # Refuses what would corrupt the run.
+        run = experiment.prepare(config)  # Bad data or checkpoints fail here, before any training.
     except ValueError as e:
-        # Bad input: one clear line, nothing trained or written.
-        sys.exit(f"launch.train: error: {e}")
-    import tensorflow as tf
-
-    from engine.trainer import NonFiniteError
-
+        fail(str(e), e)  # One clear line, nothing trained or written.
+    except OSError as e:
+        fail(_os_error_line(e), e)
+    trainer = run.trainer
+    say = EpochProgress.write if trainer.is_chief else (lambda line: None)
+    if trainer.is_chief:
+        say(f"config: {' '.join(config.non_default()) or 'all defaults'} "
+            f"(all settings: {os.path.join(config.run.model_dir, config_lib.CONFIG_FLAGS)})")
+        if changes:
+            say(f"changed since the last run in {config.run.model_dir}: {'; '.join(changes)}")
+        try:
+            config_lib.write_saved_config(config)
+        except OSError as e:
+            fail(_os_error_line(e), e)
+    say(run.plan())
     try:
         run.train()  # On SIGTERM/SIGINT it checkpoints and returns: exit status 0.
     except NonFiniteError as e:
         # Divergence that rollbacks could not cure: one line, the checkpoints left finite.
-        sys.exit(f"launch.train: error: {e}; see --learning_rate, --clip_norm, --warmup_epochs, "
-                 "--max_rollbacks")
+        fail(f"{e}; see --learning_rate, --clip_norm, --warmup_epochs, --max_rollbacks", e)
+    except CheckpointWriteError as e:
+        fail(str(e), e)
+    except OSError as e:
+        latest = trainer.checkpointer.latest if trainer.checkpointer else None
+        fail(f"{_os_error_line(e)}; the newest checkpoint is {latest or 'none'}", e)
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
             tf.errors.InternalError) as e:
-        if not run.trainer._multi_worker:
+        if not trainer._multi_worker:
             raise
         # A peer died or stopped answering: say so in one line, not a graph trace.
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        latest = run.trainer.checkpointer.latest if run.trainer.checkpointer else None
-        sys.exit(f"launch.train: error: another task of the cluster failed or stopped answering "
-                 f"({type(e).__name__}: {first}); rerun the job to resume from {latest or 'the start'}")
+        latest = trainer.checkpointer.latest if trainer.checkpointer else None
+        fail(f"another task of the cluster failed or stopped answering ({type(e).__name__}: {first}); "
+             f"rerun the job to resume from {latest or 'the start'}", e)
+    for line in run.where_things_are():
+        say(line)
 
 
 if __name__ == "__main__":
     launch_flags.define_train_flags()
+    if any(arg in launch_flags.HELP_ARGS for arg in sys.argv[1:]):
+        try:
+            launch_flags.print_help(__doc__)
+        except BrokenPipeError:  # `| head`
+            os._exit(0)
+        sys.exit(0)
     app.run(main, argv=flagfiles_first(sys.argv))

@@ -14,13 +14,15 @@ Features with Denoising Autoencoders", 2008. Images are scaled to [-1, 1].
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import flags
 
 from datasets import augment, cifar10, in_memory
 from engine import Trainer
+from launch.config import NON_NEGATIVE, Section, setting
 from launch.tasks.base import Task, TaskData
 
 
@@ -65,20 +67,22 @@ def denoising_autoencoder(input_shape=(32, 32, 3), *, noise: float = 0.1, width:
     return keras.Model(inputs, outputs, name="denoising_autoencoder")
 
 
+@dataclasses.dataclass(frozen=True)
+class AutoencoderOptions(Section):
+    """The autoencoder task's own settings (flags)."""
+
+    autoencoder_noise: float = setting(0.1, "--task=autoencoder: stddev of the Gaussian noise added to the input in "
+                                       "training (images in [-1, 1]).", rule=NON_NEGATIVE)
+
+
 class Autoencoder(Task):
     name = "autoencoder"
-
-    def define_flags(self) -> None:
-        flags.DEFINE_float("autoencoder_noise", 0.1, "--task=autoencoder: stddev of the Gaussian noise added to "
-                           "the input in training (images in [-1, 1]).", lower_bound=0)
-
-    def options(self, flag_values) -> dict:
-        return {"autoencoder_noise": flag_values.autoencoder_noise}
+    options_class = AutoencoderOptions
 
     def data(self, config, global_batch: int, progress: bool) -> TaskData:
-        data = cifar10.load(config.data_dir, skip_bad=config.skip_bad_examples, progress=progress)
+        data = cifar10.load(config.data.data_dir, skip_bad=config.data.skip_bad_examples, progress=progress)
         train_fn, eval_data, steps = image_data(data.train.images, data.test.images, global_batch=global_batch,
-                                                seed=config.seed)
+                                                seed=config.run.seed)
         return TaskData(train_fn=train_fn, steps_per_epoch=steps, eval_data=eval_data,
                         input_shape=tuple(data.train.images.shape[1:]), num_train=len(data.train.images),
                         num_eval=len(data.test.images), source=data.source, skipped=list(data.skipped),

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Mapping, Sequence
+from typing import Callable, Mapping, Sequence
 
 import keras
 import tensorflow as tf
@@ -50,17 +50,15 @@ class Task:
       name: the --task value.
       metrics: the metric names the task reports besides "loss" (its
         --best_metric may be "eval_" + any of them, or eval_loss).
+      options_class: the task's own settings, a frozen dataclass of
+        launch.config.setting fields (named with the task's prefix, e.g.
+        gan_latent_dim); each becomes a flag, and config.option(name) reads it.
     """
 
     name: str = ""
     metrics: Sequence[str] = ()
+    options_class: type | None = None
 
-    def define_flags(self) -> None:
-        """Defines the task's own absl flags (prefix them with the task's name); none by default."""
-
-    def options(self, flag_values) -> dict[str, Any]:
-        """The task's own settings, read from the parsed flags (those define_flags made)."""
-        return {}
 
     def data(self, config, global_batch: int, progress: bool) -> TaskData:
         """Builds the input pipelines for a global batch of `global_batch` examples.

@@ -42,10 +42,10 @@ class Classification(Task):
         return model
 
     def model_label(self, config, model) -> str:
-        return config.backbone or config.model
+        return config.model.backbone or config.model.name
 
     def loss(self, config):
-        return sparse_categorical_crossentropy(label_smoothing=config.label_smoothing)
+        return sparse_categorical_crossentropy(label_smoothing=config.optimizer.label_smoothing)
 
     def trainer(self, config, *, model, optimizer, data, **kwargs):
 
@@ -58,26 +58,26 @@ TASK = Classification()
 
 def load_images(config, global_batch: int, progress: bool) -> tuple[images.ImagePipelines, str]:
     """--train_data/--eval_data through datasets.images, or CIFAR-10 from --data_dir; returns (pipelines, source)."""
-    if config.train_data:
+    if config.data.train_data:
         # --cache=none streams TFRecords from disk; the other modes hold the bytes anyway.
-        keep_bytes = config.cache != "none"
-        train = sources.image_source(config.train_data, keep_bytes=keep_bytes)
-        eval_index = (sources.image_source(config.eval_data, train.class_names, keep_bytes=keep_bytes)
-                      if config.eval_data else None)
+        keep_bytes = config.data.cache != "none"
+        train = sources.image_source(config.data.train_data, keep_bytes=keep_bytes)
+        eval_index = (sources.image_source(config.data.eval_data, train.class_names, keep_bytes=keep_bytes)
+                      if config.data.eval_data else None)
         if eval_index is not None and eval_index.num_classes != train.num_classes:
-            raise ValueError(f"--eval_data={config.eval_data} has {eval_index.num_classes} classes but "
-                             f"--train_data={config.train_data} has {train.num_classes}")
-        p = images.build(train, eval_index, global_batch_size=global_batch, seed=config.seed,
-                         augment_names=config.augment, image_size=config.image_size or None, cache=config.cache,
-                         normalize=config.normalize, skip_bad=config.skip_bad_examples, progress=progress)
-        return p, f"{config.train_data} (cache {config.cache})"
-    data = cifar10.load(config.data_dir, skip_bad=config.skip_bad_examples, progress=progress)
-    recipe, per_image = augment.parse_recipe(config.augment)
+            raise ValueError(f"--eval_data={config.data.eval_data} has {eval_index.num_classes} classes but "
+                             f"--train_data={config.data.train_data} has {train.num_classes}")
+        p = images.build(train, eval_index, global_batch_size=global_batch, seed=config.run.seed,
+                         augment_names=config.data.augment, image_size=config.data.image_size or None, cache=config.data.cache,
+                         normalize=config.data.normalize, skip_bad=config.data.skip_bad_examples, progress=progress)
+        return p, f"{config.data.train_data} (cache {config.data.cache})"
+    data = cifar10.load(config.data.data_dir, skip_bad=config.data.skip_bad_examples, progress=progress)
+    recipe, per_image = augment.parse_recipe(config.data.augment)
     if per_image:
         raise ValueError("--augment=imagenet needs --train_data (image files); CIFAR-10 from --data_dir is 32x32")
     spec = {"kind": "channel", "mean": list(augment.CIFAR10_MEAN), "std": list(augment.CIFAR10_STD)}
     train_fn = in_memory.train_dataset_fn(data.train.images, data.train.labels, global_batch_size=global_batch,
-                                          seed=config.seed, recipe=recipe)
+                                          seed=config.run.seed, recipe=recipe)
     eval_data = in_memory.eval_dataset(data.test.images, data.test.labels, global_batch_size=global_batch)
     steps = in_memory.steps_per_epoch(len(data.train.labels), global_batch)
     pipelines = images.ImagePipelines(
@@ -91,19 +91,19 @@ def load_images(config, global_batch: int, progress: bool) -> tuple[images.Image
 def build_classifier(config, image_shape, num_classes: int,
                      normalize: dict) -> tuple[keras.Model, keras.Model | None]:
     """The --model network, or a transfer model on --backbone; returns (model, backbone or None)."""
-    if not config.backbone:
-        return models.build(config.model, num_classes=num_classes, input_shape=tuple(int(d) for d in image_shape),
-                            weight_decay=config.weight_decay), None
+    if not config.model.backbone:
+        return models.build(config.model.name, num_classes=num_classes, input_shape=tuple(int(d) for d in image_shape),
+                            weight_decay=config.optimizer.weight_decay), None
     preprocess = []
-    if config.backbone in transfer.APPLICATIONS:
-        shape = (*(config.resize_to or image_shape[:2]), 3)
-        backbone = transfer.applications_backbone(config.backbone, input_shape=shape, weights=config.backbone_weights)
+    if config.model.backbone in transfer.APPLICATIONS:
+        shape = (*(config.model.resize_to or image_shape[:2]), 3)
+        backbone = transfer.applications_backbone(config.model.backbone, input_shape=shape, weights=config.model.backbone_weights_or_none)
         # The pipeline normalises images; the application wants its own preprocessing of [0, 255] pixels.
-        preprocess = [_undo_normalization(normalize), transfer.ApplicationPreprocess(config.backbone)]
+        preprocess = [_undo_normalization(normalize), transfer.ApplicationPreprocess(config.model.backbone)]
     else:
-        backbone = transfer.saved_backbone(config.backbone, transfer.parse_cut(config.backbone_cut))
+        backbone = transfer.saved_backbone(config.model.backbone, transfer.parse_cut(config.model.backbone_cut))
     model = transfer.transfer_model(backbone, num_classes=num_classes, input_shape=tuple(image_shape),
-                                    resize_to=config.resize_to or None, dropout=config.dropout, preprocess=preprocess)
+                                    resize_to=config.model.resize_to or None, dropout=config.model.dropout, preprocess=preprocess)
     return model, backbone
 
 

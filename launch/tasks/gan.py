@@ -19,13 +19,15 @@ draws what an uninterrupted one would.
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import tensorflow as tf
-from absl import flags
 
 from datasets import cifar10
 from engine import Trainer
 from launch.tasks.autoencoder import image_data
+from launch.config import Section, setting
 from launch.tasks.base import Task, TaskData
 
 
@@ -131,22 +133,23 @@ class GANTrainer(Trainer):
                                             sample_weight=weight * tf.ones_like(per_example))
 
 
+@dataclasses.dataclass(frozen=True)
+class GANOptions(Section):
+    """The gan task's own settings (flags)."""
+
+    gan_latent_dim: int = setting(64, "--task=gan: size of the generator's latent.", positive=True)
+    gan_discriminator_lr: float = setting(2e-4, "--task=gan: the discriminator's Adam learning rate.", positive=True)
+
+
 class GAN(Task):
     name = "gan"
+    options_class = GANOptions
     metrics = ("d_loss", "g_loss")
 
-    def define_flags(self) -> None:
-        flags.DEFINE_integer("gan_latent_dim", 64, "--task=gan: size of the generator's latent.", lower_bound=1)
-        flags.DEFINE_float("gan_discriminator_lr", 2e-4, "--task=gan: the discriminator's Adam learning rate.",
-                           lower_bound=0)
-
-    def options(self, flag_values) -> dict:
-        return {"gan_latent_dim": flag_values.gan_latent_dim, "gan_discriminator_lr": flag_values.gan_discriminator_lr}
-
     def data(self, config, global_batch: int, progress: bool) -> TaskData:
-        data = cifar10.load(config.data_dir, skip_bad=config.skip_bad_examples, progress=progress)
+        data = cifar10.load(config.data.data_dir, skip_bad=config.data.skip_bad_examples, progress=progress)
         train_fn, eval_data, steps = image_data(data.train.images, data.test.images, global_batch=global_batch,
-                                                seed=config.seed)
+                                                seed=config.run.seed)
         return TaskData(train_fn=train_fn, steps_per_epoch=steps, eval_data=eval_data,
                         input_shape=(config.option("gan_latent_dim"),), num_train=len(data.train.images),
                         num_eval=len(data.test.images), source=data.source, skipped=list(data.skipped),

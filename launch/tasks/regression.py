@@ -10,13 +10,15 @@ Dense unit, mean squared error, RMSprop): the kernel reaches 2.0 and the bias
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import flags
 
 from datasets import augment, in_memory
 from engine import Trainer
+from launch.config import NON_NEGATIVE, Section, setting
 from launch.tasks.base import Task, TaskData
 
 SLOPE, INTERCEPT = 2.0, 1.2
@@ -44,27 +46,28 @@ class RegressionTrainer(Trainer):
         return tf.square(y_pred - tf.cast(y, y_pred.dtype))  # [batch, 1]
 
 
+@dataclasses.dataclass(frozen=True)
+class RegressionOptions(Section):
+    """The regression task's own settings (flags)."""
+
+    regression_examples: int = setting(512, "--task=regression: training examples (eval: a quarter as many, "
+                                       "another draw).", positive=True)
+    regression_noise: float = setting(0.0, "--task=regression: stddev of noise added to y.", rule=NON_NEGATIVE)
+
+
 class Regression(Task):
     name = "regression"
+    options_class = RegressionOptions
     metrics = ("mae",)
-
-    def define_flags(self) -> None:
-        flags.DEFINE_integer("regression_examples", 512, "--task=regression: training examples (eval: a quarter "
-                             "as many, another draw).", lower_bound=1)
-        flags.DEFINE_float("regression_noise", 0.0, "--task=regression: stddev of noise added to y.", lower_bound=0)
-
-    def options(self, flag_values) -> dict:
-        return {"regression_examples": flag_values.regression_examples,
-                "regression_noise": flag_values.regression_noise}
 
     def data(self, config, global_batch: int, progress: bool) -> TaskData:
         n, noise = config.option("regression_examples"), config.option("regression_noise")
         if n < global_batch:
             raise ValueError(f"--regression_examples={n} is smaller than the global batch {global_batch}")
-        x, y = linear_data(n, config.seed, noise)
-        ex, ey = linear_data(max(1, n // 4), config.seed + 1, noise)
+        x, y = linear_data(n, config.run.seed, noise)
+        ex, ey = linear_data(max(1, n // 4), config.run.seed + 1, noise)
         return TaskData(
-            train_fn=in_memory.train_dataset_fn(x, y, global_batch_size=global_batch, seed=config.seed,
+            train_fn=in_memory.train_dataset_fn(x, y, global_batch_size=global_batch, seed=config.run.seed,
                                                 recipe=augment.BatchRecipe(), normalize=None),
             steps_per_epoch=in_memory.steps_per_epoch(n, global_batch),
             eval_data=in_memory.eval_dataset(ex, ey, global_batch_size=global_batch, normalize=lambda v: v),

@@ -14,15 +14,17 @@ averaging them over the global batch, as Keras's "sum_over_batch_size" does
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 import tensorflow as tf
-from absl import flags
 
 import models
 from datasets import augment, cifar10, in_memory
 from engine import Trainer, sparse_accuracy
 from engine.losses import sparse_categorical_crossentropy
+from launch.config import Section, setting
 from launch.tasks.base import Task, TaskData
 
 
@@ -57,23 +59,25 @@ def weighted_train_fn(images: np.ndarray, labels: np.ndarray, weights: np.ndarra
     return train_fn
 
 
+@dataclasses.dataclass(frozen=True)
+class WeightedClassificationOptions(Section):
+    """The weighted_classification task's own settings (flags)."""
+
+    class_weights: str = setting("balanced", "--task=weighted_classification: 'balanced' or one weight per class, "
+                                 "comma-separated.")
+
+
 class WeightedClassification(Task):
     name = "weighted_classification"
+    options_class = WeightedClassificationOptions
     metrics = ("accuracy",)
 
-    def define_flags(self) -> None:
-        flags.DEFINE_string("class_weights", "balanced", "--task=weighted_classification: 'balanced' or one "
-                            "weight per class, comma-separated.")
-
-    def options(self, flag_values) -> dict:
-        return {"class_weights": flag_values.class_weights}
-
     def data(self, config, global_batch: int, progress: bool) -> TaskData:
-        data = cifar10.load(config.data_dir, skip_bad=config.skip_bad_examples, progress=progress)
+        data = cifar10.load(config.data.data_dir, skip_bad=config.data.skip_bad_examples, progress=progress)
         weights = class_weights(config.option("class_weights"), data.train.labels, cifar10.NUM_CLASSES)
         return TaskData(
             train_fn=weighted_train_fn(data.train.images, data.train.labels, weights, global_batch=global_batch,
-                                       seed=config.seed),
+                                       seed=config.run.seed),
             steps_per_epoch=in_memory.steps_per_epoch(len(data.train.labels), global_batch),
             eval_data=in_memory.eval_dataset(data.test.images, data.test.labels, global_batch_size=global_batch),
             input_shape=cifar10.IMAGE_SHAPE, num_train=len(data.train.labels), num_eval=len(data.test.labels),
@@ -85,15 +89,15 @@ class WeightedClassification(Task):
                   "class_weights": [float(w) for w in weights]})
 
     def model(self, config, data: TaskData) -> keras.Model:
-        return models.build(config.model, num_classes=cifar10.NUM_CLASSES, input_shape=cifar10.IMAGE_SHAPE,
-                            weight_decay=config.weight_decay)
+        return models.build(config.model.name, num_classes=cifar10.NUM_CLASSES, input_shape=cifar10.IMAGE_SHAPE,
+                            weight_decay=config.optimizer.weight_decay)
 
     def model_label(self, config, model) -> str:
-        return config.model
+        return config.model.name
 
     def trainer(self, config, *, model, optimizer, data, **kwargs) -> Trainer:
         return Trainer(model=model, optimizer=optimizer,
-                       loss=sparse_categorical_crossentropy(label_smoothing=config.label_smoothing),
+                       loss=sparse_categorical_crossentropy(label_smoothing=config.optimizer.label_smoothing),
                        eval_loss=sparse_categorical_crossentropy(), metrics=sparse_accuracy, **kwargs)
 
 

@@ -5,14 +5,14 @@ from launch.train import flagfiles_first
 
 
 def _config(tmp_path, **overrides):
-    return TrainConfig(**{"data_dir": str(tmp_path), "model_dir": str(tmp_path / "m"), **overrides})
+    return TrainConfig.create(**{"data_dir": str(tmp_path), "model_dir": str(tmp_path / "m"), **overrides})
 
 
 @pytest.mark.parametrize("overrides,message", [
     ({"batch_size": 0}, "--batch_size=0 must be positive"),
     ({"epochs": -1}, "--epochs=-1 must be positive"),
     ({"train_steps": 0}, "--train_steps=0 must be positive"),
-    ({"model": "resnet19"}, "--model='resnet19' is not a known model"),
+    ({"model": "resnet19"}, "--model='resnet19' is not known; choose one of resnet20"),
     ({"strategy": "horovod"}, "--strategy='horovod' is not known"),
     ({"lr_boundaries": (1.0,), "lr_multipliers": (0.1, 0.01)}, "one multiplier per boundary"),
     ({"data_dir": "/no/such/folder"}, "--data_dir=/no/such/folder does not exist"),
@@ -33,7 +33,7 @@ def test_global_batch_and_learning_rate_scaling(tmp_path):
 
 
 def test_epochs_may_be_anything_when_train_steps_is_given(tmp_path):
-    assert _config(tmp_path, epochs=0, train_steps=10).train_steps == 10
+    assert _config(tmp_path, epochs=0, train_steps=10).run.train_steps == 10
 
 
 def test_parse_floats_names_the_flag():

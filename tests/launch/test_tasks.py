@@ -93,8 +93,9 @@ def test_class_weighted_classifier_is_fed_x_y_w_and_resumes(replicas, two_replic
     eval_data = in_memory.eval_dataset(eval_images, eval_labels, global_batch_size=64)
     from launch.config import TrainConfig
 
-    config = TrainConfig(data_dir=None, model="small_cnn", model_dir=str(tmp_path), task="weighted_classification",
-                         task_options=(("class_weights", "balanced"),))
+    config = TrainConfig.create(data_dir=None, model="small_cnn", model_dir=str(tmp_path),
+                                task="weighted_classification",
+                                task_options=weighted_classification.WeightedClassificationOptions())
     task = tasks.get("weighted_classification")
 
     def trainer():
