@@ -49,6 +49,7 @@ class Controller:
         # run the same loops.
         self._ramp = 1 if trainer.progress and trainer.steps_per_loop > 1 else None
         self._eta_said = False
+        self._timed_seconds, self._timed_steps = 0.0, 0  # Over the run, loops that traced left out.
 
     def run(self) -> dict[str, list[float]]:
         """Trains to `total`; returns the history (one value per epoch end, see Trainer.fit)."""
@@ -135,8 +136,9 @@ class Controller:
         if not self._first_loop or step == epoch_end:  # The first loop also traces.
             timing.examples += done * t.global_batch_size
             timing.seconds += dt
-            timing.steps += done
-            self._say_eta(step, timing)
+            self._timed_seconds += dt
+            self._timed_steps += done
+            self._say_eta(step)
         self._first_loop = False
         logs.update(learning_rate=t.learning_rate, examples_per_second=done * t.global_batch_size / dt,
                     nonfinite_steps=t.nonfinite_steps)
@@ -149,15 +151,17 @@ class Controller:
             t.summaries.scalars("train", logs, step)
         return logs, done, step
 
-    def _say_eta(self, step: int, timing: "_EpochTiming") -> None:
+    def _say_eta(self, step: int) -> None:
         """Once per run, after 3 s of timed steps: the time the remaining steps will take."""
-        if self._eta_said or timing.seconds < 3.0 or step >= self.total:
+        if self._eta_said or self._timed_seconds < 3.0 or step >= self.total:
             return
         self._eta_said = True
-        seconds = (self.total - step) * timing.seconds / timing.steps
+        per_step = self._timed_seconds / self._timed_steps
+        seconds = (self.total - step) * per_step
         finish = time.strftime("%H:%M", time.localtime(time.time() + seconds))
         self.say(f"ETA: {_duration(seconds)} for the remaining {self.total - step} steps at "
-                 f"{timing.examples / timing.seconds:.0f} examples/s, about {finish} (evaluations not included)")
+                 f"{self.trainer.global_batch_size / per_step:.0f} examples/s, about {finish} "
+                 "(evaluations not included)")
 
     def _after_loop(self, logs: dict, step: int, done: int, n: int) -> str | None:
         """The actions between loops; returns "stop", "rollback" or None (go on)."""
@@ -224,7 +228,7 @@ class _EpochTiming:
     """Examples and seconds of an epoch's loops after the first (which traces), and input wait."""
 
     def __init__(self):
-        self.examples, self.steps, self.seconds, self.wait, self.time = 0, 0, 0.0, 0.0, 0.0
+        self.examples, self.seconds, self.wait, self.time = 0, 0.0, 0.0, 0.0
 
 
 def _duration(seconds: float) -> str:

@@ -62,7 +62,7 @@ class Run:
         """One line: epochs, steps, where the run starts, the strategy and the model_dir."""
         trainer, spe = self.trainer, self.train_input.steps_per_epoch
         total, step = self.total_steps, trainer.global_step
-        start = f"resuming at step {step} from {trainer.restored_from}" if trainer.restored_from else "from step 0"
+        start = f"from step {step} (the newest checkpoint's)" if trainer.restored_from else "from step 0"
         return (f"plan: {total / spe:g} epochs = {total} steps of global batch {trainer.global_batch_size} "
                 f"({spe} per epoch), {start}; {self.config.distribution.strategy} strategy with "
                 f"{trainer.strategy.num_replicas_in_sync} replica(s); model_dir {self.config.run.model_dir}")

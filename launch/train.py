@@ -55,6 +55,11 @@ def fail(message: str, error: BaseException | None = None) -> None:
     """Exits with status 1 and `launch.train: error: <message>`; the traceback only with --verbose_errors."""
     if error is not None and FLAGS["verbose_errors"].value:
         traceback.print_exception(error)
+    else:
+        # A failed restore leaves objects whose deletion at exit logs a warning per
+        # unmatched variable (hundreds): the one line above says what matters.
+        logging.set_verbosity(logging.ERROR)
+        tf.get_logger().setLevel("ERROR")
     sys.exit(f"{PROG}: error: {message}")
 
 
