@@ -29,17 +29,17 @@ import typing
 from typing import Any, Callable, Iterable
 
 from datasets import sources
+from datasets.augment import NORMALIZATIONS
+from datasets.images import CACHE_MODES as CACHES
 from engine.distribution import STRATEGIES
+from engine.optimizers import OPTIMIZERS, PRECISIONS
+from engine.schedules import SCHEDULES
+from engine.tta import TTA_MODES
 from models import MODEL_NAMES
 
 # The tutorial's learning rate is 0.1 at a global batch of 128, scaled linearly.
 REFERENCE_BATCH = 128
 
-OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "nadam")
-SCHEDULES = ("piecewise", "constant", "cosine", "onecycle")
-PRECISIONS = ("float32", "bfloat16", "float16")
-CACHES = ("decoded", "encoded", "none")
-NORMALIZATIONS = ("channel", "per_image", "imagenet", "unit")
 
 # What a rerun on the same model_dir may not change without --allow_config_change:
 LOCKED = "locked"  # the checkpoint's structure or the meaning of its step (model, batch, optimizer).
@@ -121,7 +121,8 @@ class DataConfig(Section):
         "to the CSV) or a TFRecord glob (datasets.to_tfrecord). Replaces --data_dir.", guard=LOCKED_IF_DETERMINISTIC)
     eval_data: str | None = setting(None, "Evaluation images, in any of --train_data's forms.")
     augment: str = setting(
-        "cifar", "Augmentation recipes, comma-separated, applied in order: cifar (pad-crop-flip), flip, jitter "
+        "cifar", "Augmentation recipes, comma-separated, applied in order: cifar (pad-crop-flip), translate2 "
+        "(airbench's: reflect-pad 2, crop, flip), flip, jitter "
         "(brightness/contrast), affine (rotation/shift/shear/zoom/flip, as ImageDataGenerator), imagenet (random "
         "resize+224 crop; first), none.", guard=LOCKED_IF_DETERMINISTIC)
     image_size: tuple[int, ...] = setting((), "height,width to resize --train_data images to (imagenet: the crop).")
@@ -202,7 +203,8 @@ class OptimizerConfig(Section):
 class ScheduleConfig(Section):
     title: typing.ClassVar[str] = "learning-rate schedule"
     lr_schedule: str = setting("piecewise", "Learning-rate schedule (piecewise uses --lr_boundaries/"
-                               "--lr_multipliers; onecycle peaks at --learning_rate).", choices=SCHEDULES)
+                               "--lr_multipliers; onecycle and triangle peak at --learning_rate, triangle ends at 0).",
+                               choices=SCHEDULES)
     lr_boundaries: tuple[float, ...] = setting((30.0, 45.0), "Epochs (floats allowed) at which the learning rate "
                                                "becomes base x the matching --lr_multipliers value.")
     lr_multipliers: tuple[float, ...] = setting((0.1, 0.01), "Factors of the base learning rate, one per boundary.")
@@ -214,8 +216,9 @@ class ScheduleConfig(Section):
     plateau_metric: str = setting("eval_loss", "Epoch-end metric watched for plateaus.")
 
     def check(self):
-        if self.warmup_epochs and self.lr_schedule == "onecycle":
-            raise ValueError("--warmup_epochs does not apply to --lr_schedule=onecycle (it warms up itself)")
+        if self.warmup_epochs and self.lr_schedule in ("onecycle", "triangle"):
+            raise ValueError(f"--warmup_epochs does not apply to --lr_schedule={self.lr_schedule} (it warms up "
+                             "itself)")
         if len(self.lr_boundaries) != len(self.lr_multipliers):
             raise ValueError(f"--lr_boundaries has {len(self.lr_boundaries)} values but --lr_multipliers has "
                              f"{len(self.lr_multipliers)}: give one multiplier per boundary")
@@ -266,6 +269,8 @@ class RunConfig(Section):
     max_time: float | None = setting(None, "Wall-clock budget in seconds: checkpoint and stop at the first loop "
                                      "end past it (rerun to go on).", positive=True)
     progress: bool = setting(True, "Show a progress bar per epoch.", save=False)
+    tta: str = setting("none", "Test-time augmentation in evaluation: flip averages the logits of each image and "
+                       "its mirror; flip_translate adds 1-pixel translations (airbench's level 2).", choices=TTA_MODES)
 
     def check(self):
         if not self.model_dir:
