@@ -201,6 +201,8 @@ class ImagePipelines:
       class_names: class names of the training index.
       num_train, num_eval: examples used.
       skipped: one line per bad example left out (train and eval).
+      train_images: the decoded uint8 training images [n, h, w, 3] when they are
+        held in memory whole and unaugmented (CIFAR-10 from --data_dir), else None.
     """
 
     train_fn: Callable
@@ -212,6 +214,7 @@ class ImagePipelines:
     num_train: int
     num_eval: int
     skipped: list[str]
+    train_images: np.ndarray | None = None
 
 
 def _channel_stats(images: np.ndarray) -> dict:

@@ -8,7 +8,7 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
-SCHEDULES = ("piecewise", "constant", "cosine", "onecycle")
+SCHEDULES = ("piecewise", "constant", "cosine", "onecycle", "triangle")
 
 
 def piecewise_constant_by_epoch(
@@ -121,6 +121,40 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
         return {"schedule": keras.saving.serialize_keras_object(self.schedule), "warmup_steps": self.warmup_steps}
 
 
+class Triangle(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear up, then linear down to exactly 0 at the last step (airbench's triangular schedule).
+
+    From start_factor x peak at step 0 up to the peak at pct_start x total_steps,
+    then straight down to 0 at total_steps (Keller Jordan's airbench94, 2024:
+    0.2 -> 1 over the first 20% of the steps -> 0; Smith's triangular policy).
+
+    Args:
+      peak: the highest rate.
+      total_steps: optimizer steps of the whole run (the rate is 0 from there on).
+      pct_start: fraction of the steps spent rising, in (0, 1).
+      start_factor: the first step's rate as a fraction of the peak.
+    """
+
+    def __init__(self, peak: float, total_steps: int, pct_start: float = 0.2, start_factor: float = 0.2):
+        if total_steps < 2:
+            raise ValueError(f"triangle schedule over {total_steps} steps: need at least 2")
+        if not 0 < pct_start < 1:
+            raise ValueError(f"triangle pct_start={pct_start} must be in (0, 1)")
+        self.peak, self.total_steps = float(peak), int(total_steps)
+        self.pct_start, self.start_factor = pct_start, start_factor
+
+    def __call__(self, step):
+        step = tf.cast(step, tf.float32)
+        rise = max(1.0, round(self.pct_start * self.total_steps))
+        up = self.peak * (self.start_factor + (1.0 - self.start_factor) * step / rise)
+        down = self.peak * tf.maximum(0.0, (self.total_steps - step) / (self.total_steps - rise))
+        return tf.where(step < rise, up, down)
+
+    def get_config(self):
+        return {"peak": self.peak, "total_steps": self.total_steps, "pct_start": self.pct_start,
+                "start_factor": self.start_factor}
+
+
 class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
     """The one-cycle policy (Smith & Topin, "Super-Convergence", 2018), cosine-annealed.
 
@@ -177,7 +211,8 @@ def build_schedule(
 
     Args:
       name: "piecewise" (piecewise_constant_by_epoch), "constant", "cosine" (to 0
-        at total_steps) or "onecycle" (peak = base_learning_rate).
+        at total_steps), "onecycle" or "triangle" (peak = base_learning_rate; the
+        triangle reaches 0 at total_steps).
       base_learning_rate: the base (piecewise, constant, cosine) or peak
         (onecycle) rate.
       steps_per_epoch: optimizer steps per epoch.
@@ -212,7 +247,7 @@ def build_schedule(
                                                       warmup_target=base_learning_rate, warmup_steps=warmup_steps)
     else:
         if warmup_epochs:
-            raise ValueError("warmup_epochs does not apply to lr_schedule=onecycle (it warms up itself)")
-        return OneCycle(base_learning_rate, total_steps)
+            raise ValueError(f"warmup_epochs does not apply to lr_schedule={name} (it warms up itself)")
+        return (OneCycle if name == "onecycle" else Triangle)(base_learning_rate, total_steps)
     warmup_steps = round(warmup_epochs * steps_per_epoch)
     return LinearWarmup(schedule, warmup_steps) if warmup_steps else schedule

@@ -40,6 +40,7 @@ from engine.loops import LoopsMixin
 from engine.options import CheckpointOptions, GuardOptions, KernelOptions
 from engine.preemption import StopRequest, checkpoint_handler
 from engine.progress import EpochProgress, format_value
+from engine import tta
 from engine.rollback import NonFiniteError, NonFiniteGuard
 from engine.schedules import ScaledSchedule
 from engine.summaries import Summaries
@@ -144,6 +145,9 @@ class Trainer(UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
         and export use the averages. None for no average. Typical: 0.999.
       kernels: KernelOptions: the fused BatchNorm kernel, synchronized BatchNorm,
         XLA.
+      test_time_augmentation: "none", "flip" or "flip_translate": evaluation
+        (test_step) averages the model's outputs over mirrored and translated
+        copies of image inputs [batch, h, w, c] (engine/tta.py, airbench's TTA).
 
     Raises:
       ValueError: if the loss reduces over the batch, the global batch is not
@@ -170,6 +174,7 @@ class Trainer(UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
         checkpoint: CheckpointOptions = CheckpointOptions(),
         guard: GuardOptions = GuardOptions(),
         kernels: KernelOptions = KernelOptions(),
+        test_time_augmentation: str = "none",
     ):
         self.strategy = strategy or tf.distribute.get_strategy()
         replicas = self.strategy.num_replicas_in_sync
@@ -210,6 +215,7 @@ class Trainer(UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
         self.fused_batch_norm = kernels.fused_batch_norm
         self.sync_batch_norm = kernels.sync_batch_norm
         self.jit_compile = jit_compile = kernels.jit_compile
+        self.test_time_augmentation = tta.check_mode(test_time_augmentation)
         # The per-replica compute, XLA-compiled on request (nested in the loop's
         # tf.function: the iterator and the cross-replica update cannot be).
         self._gradients = (tf.function(self.forward_backward, jit_compile=True) if jit_compile
@@ -543,7 +549,8 @@ class Trainer(UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
         self.metrics["loss"].update_state(per_example, sample_weight=weight)
 
     def _infer_fn(self, x):
-        return _to_float32(self.model(x, training=False))
+        return tta.augmented_predictions(lambda images: _to_float32(self.model(images, training=False)), x,
+                                         self.test_time_augmentation)
 
     # --- Public API (eager) ----------------------------------------------------------
 

@@ -13,8 +13,13 @@ steps, and the median round counts:
   * fit: keras Model.fit (jit_compile off, as on CPU) over the same pipeline;
   * bare: a tf.function forward-backward-update step on one constant batch,
     called from Python; once with the Trainer's kernels (engine/batch_norm.py),
-    once with Keras's BatchNorm as written.
-The last line reads `trainer/fit=<ratio> trainer/bare=<ratio>` (Trainer defaults;
+    once with Keras's BatchNorm as written;
+  * hand loop: what a user writes instead of the engine, a GradientTape step
+    over the same tf.data pipeline, 50 steps per tf.function call (in-graph
+    tf.range loop); with the fused kernel and with Keras's BatchNorm, so the
+    Trainer is compared with the same BatchNorm on both sides.
+The line `trainer/hand loop=...` gives the Trainer against the hand loop with the same
+BatchNorm. The last line reads `trainer/fit=<ratio> trainer/bare=<ratio>` (Trainer defaults;
 the bare loop with the same kernels, so the second ratio is the engine's
 overhead). The line before it gives the overhead with Keras's BatchNorm on both
 sides and what the fused kernel alone changes.
@@ -143,6 +148,36 @@ def main(argv: list[str]) -> None:
             return steps * batch / (time.perf_counter() - start)
         return run
 
+    def hand_loop_contestant(fused: bool = True):
+        """A hand-written GradientTape loop as a user would write it: 50 steps in one tf.function, same pipeline."""
+        model, optimizer = fresh()
+        optimizer.build(model.trainable_variables)
+        iterator = iter(dataset())
+        hand_loss = loss()
+
+        @tf.function
+        def loop(n):
+            for _ in tf.range(n):
+                xb, yb = next(iterator)
+                with tf.GradientTape() as tape:
+                    logits = tf.cast(model(xb, training=True), tf.float32)
+                    value = tf.reduce_mean(hand_loss(yb, logits)) + tf.cast(tf.add_n(model.losses), tf.float32)
+                grads = tape.gradient(value, model.trainable_variables)
+                optimizer.apply_gradients(zip(grads, model.trainable_variables))
+            return value
+
+        with batch_norm.fused(model) if fused else contextlib.nullcontext():
+            loop(tf.constant(warmup))  # traces
+
+        def run():
+            start = time.perf_counter()
+            for _ in range(steps // 50):
+                value = loop(tf.constant(50))
+            value = loop(tf.constant(steps % 50)) if steps % 50 else value
+            float(value)
+            return steps * batch / (time.perf_counter() - start)
+        return run
+
     if FLAGS.only:
         run = {"trainer": lambda: trainer_contestant(True), "fit": fit_contestant, "bare": bare_contestant}[
             FLAGS.only]()
@@ -151,7 +186,8 @@ def main(argv: list[str]) -> None:
         return
     contestants = {"trainer": trainer_contestant(), "trainer, guard off": trainer_contestant(guard=False),
                    "trainer, Keras BN": trainer_contestant(fused=False), "keras fit": fit_contestant(),
-                   "bare loop": bare_contestant(), "bare loop, Keras BN": bare_contestant(fused=False)}
+                   "bare loop": bare_contestant(), "bare loop, Keras BN": bare_contestant(fused=False),
+                   "hand loop": hand_loop_contestant(), "hand loop, Keras BN": hand_loop_contestant(fused=False)}
     if FLAGS.xla:
         contestants.update({"trainer, XLA": trainer_contestant(jit=True), "keras fit, XLA": fit_contestant(jit=True)})
     rates = {name: [] for name in contestants}
@@ -173,6 +209,8 @@ def main(argv: list[str]) -> None:
     print(f"with Keras BatchNorm on both sides: trainer/bare="
           f"{results['trainer, Keras BN'] / results['bare loop, Keras BN']:.3f}; "
           f"fused kernel alone: bare/bare Keras BN={results['bare loop'] / results['bare loop, Keras BN']:.3f}")
+    print(f"trainer/hand loop={results['trainer'] / results['hand loop']:.3f} (both on the fused BatchNorm kernel), "
+          f"{results['trainer, Keras BN'] / results['hand loop, Keras BN']:.3f} (both on Keras's BatchNorm)")
     print(f"trainer/fit={results['trainer'] / results['keras fit']:.3f} "
           f"trainer/bare={results['trainer'] / results['bare loop']:.3f}")
 

@@ -132,6 +132,10 @@ def prepare(config: TrainConfig) -> Run:
     """
     task = tasks.get(config.task)
     task.check(config)
+    if config.run.tta != "none" and "accuracy" not in task.metrics:
+        # Averaging over mirrored inputs suits labels that do not move with the image.
+        raise ValueError(f"--tta={config.run.tta} applies to image classification; the {task.name} task's "
+                         "outputs would not be averaged with their inputs' mirrors")
     if config.run.best_metric and config.run.best_metric not in [f"eval_{m}" for m in ("loss", *task.metrics)]:
         raise ValueError(f"--best_metric={config.run.best_metric!r}: the {task.name} task reports "
                          f"{', '.join(f'eval_{m}' for m in ('loss', *task.metrics))} (or leave it empty)")
@@ -220,6 +224,7 @@ def _trainer(task: tasks.Task, data: tasks.TaskData, config: TrainConfig, model,
         guard=GuardOptions(nonfinite_limit=config.run.nonfinite_limit or None, action=config.run.nonfinite_action,
                            rollback_lr_factor=config.run.rollback_lr_factor,
                            max_rollbacks=None if config.run.max_rollbacks < 0 else config.run.max_rollbacks),
+        test_time_augmentation=config.run.tta,
         kernels=KernelOptions(fused_batch_norm=config.compute.fused_batch_norm, sync_batch_norm=config.compute.sync_batch_norm,
                               jit_compile=config.compute.jit_compile))
 

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import keras
 
+from models.airbench import airbench, initialize_whitening
 from models.resnet_cifar import DEPTHS, resnet_cifar
 from models.small import mlp, small_cnn
 
-MODEL_NAMES = (*DEPTHS, "small_cnn", "mlp")
+MODEL_NAMES = (*DEPTHS, "airbench", "small_cnn", "mlp")
 
 
 def build(name: str, *, num_classes: int = 10, input_shape=(32, 32, 3),
@@ -29,8 +30,13 @@ def build(name: str, *, num_classes: int = 10, input_shape=(32, 32, 3),
     if name in DEPTHS:
         return resnet_cifar(DEPTHS[name], num_classes=num_classes, input_shape=input_shape,
                             weight_decay=weight_decay)
+    if name == "airbench":
+        return airbench(num_classes=num_classes, input_shape=input_shape, weight_decay=weight_decay)
     if name == "small_cnn":
         return small_cnn(num_classes=num_classes, input_shape=input_shape, weight_decay=weight_decay)
     if name == "mlp":
         return mlp(num_classes=num_classes, input_shape=input_shape, weight_decay=weight_decay)
     raise ValueError(f"--model={name!r} is not a known model; choose one of {', '.join(MODEL_NAMES)}")
+
+
+__all__ = ["MODEL_NAMES", "build", "airbench", "initialize_whitening", "resnet_cifar", "small_cnn", "mlp"]

@@ -13,6 +13,7 @@ launch.predict and launch.evaluate serve the model as trained.
 from __future__ import annotations
 
 import keras
+import numpy as np
 
 import models
 from datasets import augment, cifar10, images, in_memory, sources
@@ -20,6 +21,7 @@ from engine import Trainer, sparse_accuracy
 from engine.losses import sparse_categorical_crossentropy
 from launch.tasks.base import Task, TaskData
 from models import transfer
+from models.airbench import PatchWhitening
 
 
 class Classification(Task):
@@ -28,7 +30,15 @@ class Classification(Task):
 
     def data(self, config, global_batch: int, progress: bool) -> TaskData:
         pipelines, source = load_images(config, global_batch, progress)
-        return TaskData(train_fn=pipelines.train_fn, steps_per_epoch=pipelines.steps_per_epoch,
+        runtime = {}
+        if pipelines.train_images is not None:
+            # 5,000 training images at random (the shared CSV lists them class by class),
+            # normalised as the model sees them: what a whitening layer is initialised from.
+            rng = np.random.default_rng(config.run.seed)
+            pick = rng.choice(len(pipelines.train_images), min(5000, len(pipelines.train_images)), replace=False)
+            runtime["whitening_images"] = np.asarray(
+                augment.normalizer(pipelines.normalize)(pipelines.train_images[np.sort(pick)]))
+        return TaskData(runtime=runtime, train_fn=pipelines.train_fn, steps_per_epoch=pipelines.steps_per_epoch,
                         eval_data=pipelines.eval_data, input_shape=tuple(int(d) for d in pipelines.image_shape),
                         num_train=pipelines.num_train, num_eval=pipelines.num_eval, source=source,
                         skipped=list(pipelines.skipped),
@@ -39,6 +49,12 @@ class Classification(Task):
         model, backbone = build_classifier(config, data.input_shape, len(data.info["class_names"]),
                                            data.info["normalize"])
         data.runtime["backbone"] = backbone  # launch.experiment unfreezes it for --finetune_after_epochs
+        if any(isinstance(layer, PatchWhitening) for layer in model._flatten_layers(include_self=False)):
+            sample = data.runtime.get("whitening_images")
+            if sample is None:
+                raise ValueError(f"--model={config.model.name} initialises its whitening layer from the training "
+                                 "images of --data_dir (CIFAR-10 in memory); --train_data is not supported for it")
+            models.initialize_whitening(model, sample)
         return model
 
     def model_label(self, config, model) -> str:
@@ -83,7 +99,7 @@ def load_images(config, global_batch: int, progress: bool) -> tuple[images.Image
     pipelines = images.ImagePipelines(
         train_fn=train_fn, steps_per_epoch=steps, eval_data=eval_data, image_shape=data.train.images.shape[1:],
         normalize=spec, class_names=cifar10.CLASS_NAMES, num_train=len(data.train.labels),
-        num_eval=len(data.test.labels), skipped=list(data.skipped))
+        num_eval=len(data.test.labels), skipped=list(data.skipped), train_images=data.train.images)
     return pipelines, data.source
 
 

@@ -134,3 +134,15 @@ def test_normalizers_by_name():
     np.testing.assert_allclose(old_style(x).numpy(), (x.numpy() - [1, 2, 3]) / 2, rtol=1e-5)
     with pytest.raises(ValueError, match="'sepia' is not one of"):
         augment.normalizer({"kind": "sepia"})
+
+
+def test_translate2_reflects_the_edges_and_shifts_by_at_most_two_pixels():
+    x = np.arange(2 * 5 * 6 * 1, dtype=np.float32).reshape(2, 5, 6, 1)
+    recipe = augment.parse_recipe("translate2")[0]
+    all_offsets, _ = recipe.sample(np.random.default_rng(0), 2000)
+    assert all_offsets.min() == 0 and all_offsets.max() == 4  # shifts of -2 ... +2
+    out = augment.Translate2Flip().apply(tf.constant(x), tf.constant([[0, 4], [2, 2]], tf.int32),
+                                         tf.constant([False, True])).numpy()
+    padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
+    np.testing.assert_array_equal(out[0], padded[0, 0:5, 4:10])  # moved down 2 and left 2, edges mirrored
+    np.testing.assert_array_equal(out[1], x[1, :, ::-1])  # centred crop, flipped

@@ -43,3 +43,17 @@ def test_cosine_warms_up_to_the_base_rate_and_ends_at_zero_on_the_last_step(warm
     middle = warmup + (100 - warmup) // 2
     assert float(schedule(middle)) == pytest.approx(0.2, abs=1e-6)  # half-way down the cosine
     assert float(schedule(100)) == pytest.approx(0.0, abs=1e-7)
+
+
+def test_triangle_rises_linearly_to_the_peak_then_falls_to_zero_at_the_last_step():
+    from engine.schedules import build_schedule
+
+    schedule = build_schedule("triangle", 2.0, steps_per_epoch=10, total_steps=100, boundaries=(), multipliers=())
+    rates = [float(schedule(step)) for step in range(101)]
+    assert rates[0] == pytest.approx(0.4) and rates[20] == pytest.approx(2.0)  # 0.2 x peak, peak at 20%
+    assert rates[10] == pytest.approx(1.2)  # half-way up
+    assert rates[60] == pytest.approx(1.0) and rates[99] == pytest.approx(0.025) and rates[100] == 0.0
+    assert all(a < b for a, b in zip(rates[:20], rates[1:21])) and all(a > b for a, b in zip(rates[20:], rates[21:]))
+    with pytest.raises(ValueError, match="warmup_epochs does not apply to lr_schedule=triangle"):
+        build_schedule("triangle", 2.0, steps_per_epoch=10, total_steps=100, boundaries=(), multipliers=(),
+                       warmup_epochs=1)

@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+import tensorflow as tf
+
+import models
+from engine.tta import augmented_predictions
+from models.airbench import PatchWhitening
+
+
+def _correlated_images(n=64, seed=0):
+    """Images whose channels and neighbouring pixels are strongly correlated (as natural images are)."""
+    rng = np.random.default_rng(seed)
+    base = rng.normal(size=(n, 33, 33, 1))
+    smooth = (base[:, :-1, :-1] + base[:, 1:, :-1] + base[:, :-1, 1:] + base[:, 1:, 1:]) / 2
+    mix = np.array([[1.0, 0.8, 0.6]])
+    return (smooth * mix + 0.3 * rng.normal(size=(n, 32, 32, 3))).astype(np.float32)
+
+
+def test_the_whitening_layer_whitens_the_patches_it_was_initialised_from():
+    images = _correlated_images()
+    layer = PatchWhitening(eps=1e-6)
+    layer.build((None, 32, 32, 3))
+    eigenvalues = layer.initialize_from_images(images)
+    assert eigenvalues[0] / eigenvalues[-1] > 50  # the input is far from white
+    out = layer(tf.constant(images)).numpy()  # [n, 31, 31, 24]
+    assert out.shape == (64, 31, 31, 24)
+    positive = out[..., :12].reshape(-1, 12)  # the bias is zero at first
+    covariance = positive.T @ positive / len(positive)
+    np.testing.assert_allclose(covariance, np.diag(eigenvalues / (eigenvalues + 1e-6)), atol=2e-3)
+    np.testing.assert_allclose(out[..., 12:], -out[..., :12], rtol=1e-6, atol=1e-6)
+    assert not layer.kernel.trainable and layer.bias.trainable
+
+
+def test_airbench_builds_initialises_and_predicts_float32_logits():
+    model = models.build("airbench", num_classes=10)
+    assert models.initialize_whitening(model, _correlated_images(16)) == 1
+    logits = model(tf.constant(_correlated_images(4)), training=False)
+    assert logits.shape == (4, 10) and np.all(np.isfinite(logits.numpy()))
+    # Three blocks of 64, 256, 256 channels on 31 -> 15 -> 7 -> 3 maps.
+    assert [model.get_layer(f"block{i}_conv2").output.shape[1:] for i in (1, 2, 3)] == \
+        [(15, 15, 64), (7, 7, 256), (3, 3, 256)]
+
+
+def test_tta_averages_the_mirrored_and_translated_predictions():
+    images = tf.constant(np.random.default_rng(1).normal(size=(3, 6, 5, 2)).astype(np.float32))
+    weights = tf.constant(np.random.default_rng(2).normal(size=(6 * 5 * 2, 4)).astype(np.float32))
+
+    def predict(x):  # not mirror-symmetric: each pixel has its own weights
+        return tf.reshape(x, (x.shape[0], -1)) @ weights
+
+    mirrored = images[:, :, ::-1]
+    flip = augmented_predictions(predict, images, "flip")
+    np.testing.assert_allclose(flip, (predict(images) + predict(mirrored)) / 2, rtol=1e-5, atol=1e-5)
+    padded = np.pad(images.numpy(), ((0, 0), (1, 1), (1, 1), (0, 0)), mode="reflect")
+    down_right, up_left = padded[:, :6, :5], padded[:, 2:, 2:]
+    expected = 0.5 * flip + 0.25 * sum(0.5 * (predict(v) + predict(v[:, :, ::-1])) for v in (down_right, up_left))
+    np.testing.assert_allclose(augmented_predictions(predict, images, "flip_translate"), expected, rtol=1e-5,
+                               atol=1e-5)
+    np.testing.assert_allclose(augmented_predictions(predict, images, "none"), predict(images))
+    with pytest.raises(ValueError, match="test_time_augmentation='flips' is not one of none, flip"):
+        augmented_predictions(predict, images, "flips")
