@@ -46,7 +46,10 @@ def mode_for(metric: str, mode: str | None = None) -> str:
 
 
 def is_better(mode: str, value: float, best: float | None, min_delta: float = 0.0) -> bool:
-    """Whether `value` beats `best` by more than `min_delta` in direction `mode`; NaN never does, anything beats None."""
+    """Whether `value` beats `best` by more than `min_delta` in direction `mode`.
+
+    NaN and infinities never do; anything finite beats None (no best yet).
+    """
     if not math.isfinite(value):
         return False
     if best is None:

@@ -139,28 +139,30 @@ def prepare(config: TrainConfig) -> Run:
     if config.run.best_metric and config.run.best_metric not in [f"eval_{m}" for m in ("loss", *task.metrics)]:
         raise ValueError(f"--best_metric={config.run.best_metric!r}: the {task.name} task reports "
                          f"{', '.join(f'eval_{m}' for m in ('loss', *task.metrics))} (or leave it empty)")
+    dist = config.distribution
     cluster = distribution.cluster_from_env_or_flags(
-        worker_hosts=config.distribution.worker_hosts, ps_hosts=config.distribution.ps_hosts, chief_host=config.distribution.chief_host,
-        task_type=config.distribution.task_type, task_index=config.distribution.task_index)
+        worker_hosts=dist.worker_hosts, ps_hosts=dist.ps_hosts, chief_host=dist.chief_host,
+        task_type=dist.task_type, task_index=dist.task_index)
     if cluster is not None and config.distribution.strategy not in distribution.MULTI_WORKER:
-        raise ValueError(f"a cluster is given (TF_CONFIG or --worker_hosts) but --strategy={config.distribution.strategy}; "
+        raise ValueError(f"a cluster is given (TF_CONFIG or --worker_hosts) but --strategy={dist.strategy}; "
                          f"use one of {', '.join(distribution.MULTI_WORKER)}")
     if cluster is not None:
         cluster.check_port_free()
         if config.distribution.strategy == "parameter_server" and cluster.task_type in ("worker", "ps"):
             serve(cluster)  # Never returns: the chief (coordinator) drives the training.
     configure_cpu_devices(config.distribution.num_cpu_devices)
-    distribution.configure_gpus(memory_growth=config.distribution.memory_growth, visible=config.distribution.visible_gpus)
+    distribution.configure_gpus(memory_growth=dist.memory_growth, visible=dist.visible_gpus)
     if config.run.deterministic:
         tf.config.experimental.enable_op_determinism()
-    strategy = create_strategy(config.distribution.strategy, cluster, collective_timeout_s=config.distribution.collective_timeout_s)
+    strategy = create_strategy(dist.strategy, cluster, collective_timeout_s=dist.collective_timeout_s)
     replicas = strategy.num_replicas_in_sync
     global_batch = config.global_batch(replicas)
     say = EpochProgress.write if distribution.is_chief(strategy) else (lambda line: None)
     data = task.data(config, global_batch, progress=config.run.progress and distribution.is_chief(strategy))
     steps_per_epoch = data.steps_per_epoch
     say(f"{task.name} task, {data.source}: {data.num_train} train, {data.num_eval} eval examples; "
-        f"{config.distribution.strategy} strategy, {replicas} replica(s), per-replica batch {global_batch // replicas}, global batch {global_batch}, "
+        f"{dist.strategy} strategy, {replicas} replica(s), per-replica batch {global_batch // replicas}, "
+        f"global batch {global_batch}, "
         f"{steps_per_epoch} steps per epoch")
     for line in data.skipped:
         say(f"skipped bad example {line}")
@@ -170,14 +172,16 @@ def prepare(config: TrainConfig) -> Run:
     total_batches = config.run.train_steps or int(round(config.run.epochs * steps_per_epoch))
     schedule = build_schedule(config.schedule.lr_schedule, config.scaled_learning_rate(global_batch * k),
                               steps_per_epoch=steps_per_epoch / k if k > 1 else steps_per_epoch,
-                              total_steps=max(2, math.ceil(total_batches / k)), boundaries=config.schedule.lr_boundaries,
+                              total_steps=max(2, math.ceil(total_batches / k)),
+                              boundaries=config.schedule.lr_boundaries,
                               multipliers=config.schedule.lr_multipliers, warmup_epochs=config.schedule.warmup_epochs)
     keras.utils.set_random_seed(config.run.seed)
     set_precision(config.compute.precision)
     with strategy.scope():
         model = task.model(config, data)
-        optimizer = build_optimizer(config.optimizer.name, schedule, momentum=config.optimizer.momentum, nesterov=config.optimizer.nesterov,
-                                    weight_decay=config.optimizer.decoupled_weight_decay, clip_norm=config.optimizer.clip_norm,
+        opt = config.optimizer
+        optimizer = build_optimizer(opt.name, schedule, momentum=opt.momentum, nesterov=opt.nesterov,
+                                    weight_decay=opt.decoupled_weight_decay, clip_norm=opt.clip_norm,
                                     loss_scale=config.compute.precision == "float16")
     say(f"model {task.model_label(config, model)} ({model.count_params():,} parameters, "
         f"{sum(int(v.numpy().size) for v in model.trainable_variables):,} trainable), {config.optimizer.name} "
@@ -202,7 +206,8 @@ def _trainer(task: tasks.Task, data: tasks.TaskData, config: TrainConfig, model,
     model_dir = model_dir or config.run.model_dir
     hooks: list[object] = [hooks_lib.HistoryLogger(model_dir)]
     if config.run.early_stopping_patience:
-        hooks.append(hooks_lib.EarlyStopping(config.run.early_stopping_metric, patience=config.run.early_stopping_patience,
+        hooks.append(hooks_lib.EarlyStopping(config.run.early_stopping_metric,
+                                             patience=config.run.early_stopping_patience,
                                              min_delta=config.run.early_stopping_min_delta,
                                              restore_best=config.run.restore_best))
     if config.schedule.plateau_patience:
@@ -225,7 +230,8 @@ def _trainer(task: tasks.Task, data: tasks.TaskData, config: TrainConfig, model,
                            rollback_lr_factor=config.run.rollback_lr_factor,
                            max_rollbacks=None if config.run.max_rollbacks < 0 else config.run.max_rollbacks),
         test_time_augmentation=config.run.tta,
-        kernels=KernelOptions(fused_batch_norm=config.compute.fused_batch_norm, sync_batch_norm=config.compute.sync_batch_norm,
+        kernels=KernelOptions(fused_batch_norm=config.compute.fused_batch_norm,
+                              sync_batch_norm=config.compute.sync_batch_norm,
                               jit_compile=config.compute.jit_compile))
 
 

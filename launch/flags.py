@@ -25,7 +25,10 @@ FLAGS = flags.FLAGS
 
 
 def _kind(annotation):
-    """(base type, is a list) of a field's annotation: float | None -> (float, False), tuple[int, ...] -> (int, True)."""
+    """(base type, is a list) of a field's annotation.
+
+    float | None -> (float, False); tuple[int, ...] -> (int, True).
+    """
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
     if typing.get_origin(annotation) is tuple:

@@ -84,7 +84,8 @@ def load_images(config, global_batch: int, progress: bool) -> tuple[images.Image
             raise ValueError(f"--eval_data={config.data.eval_data} has {eval_index.num_classes} classes but "
                              f"--train_data={config.data.train_data} has {train.num_classes}")
         p = images.build(train, eval_index, global_batch_size=global_batch, seed=config.run.seed,
-                         augment_names=config.data.augment, image_size=config.data.image_size or None, cache=config.data.cache,
+                         augment_names=config.data.augment, image_size=config.data.image_size or None,
+                         cache=config.data.cache,
                          normalize=config.data.normalize, skip_bad=config.data.skip_bad_examples, progress=progress)
         return p, f"{config.data.train_data} (cache {config.data.cache})"
     data = cifar10.load(config.data.data_dir, skip_bad=config.data.skip_bad_examples, progress=progress)
@@ -113,13 +114,15 @@ def build_classifier(config, image_shape, num_classes: int,
     preprocess = []
     if config.model.backbone in transfer.APPLICATIONS:
         shape = (*(config.model.resize_to or image_shape[:2]), 3)
-        backbone = transfer.applications_backbone(config.model.backbone, input_shape=shape, weights=config.model.backbone_weights_or_none)
+        backbone = transfer.applications_backbone(config.model.backbone, input_shape=shape,
+                                                  weights=config.model.backbone_weights_or_none)
         # The pipeline normalises images; the application wants its own preprocessing of [0, 255] pixels.
         preprocess = [_undo_normalization(normalize), transfer.ApplicationPreprocess(config.model.backbone)]
     else:
         backbone = transfer.saved_backbone(config.model.backbone, transfer.parse_cut(config.model.backbone_cut))
     model = transfer.transfer_model(backbone, num_classes=num_classes, input_shape=tuple(image_shape),
-                                    resize_to=config.model.resize_to or None, dropout=config.model.dropout, preprocess=preprocess)
+                                    resize_to=config.model.resize_to or None, dropout=config.model.dropout,
+                                    preprocess=preprocess)
     return model, backbone
 
 

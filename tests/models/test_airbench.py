@@ -59,3 +59,31 @@ def test_tta_averages_the_mirrored_and_translated_predictions():
     np.testing.assert_allclose(augmented_predictions(predict, images, "none"), predict(images))
     with pytest.raises(ValueError, match="test_time_augmentation='flips' is not one of none, flip"):
         augmented_predictions(predict, images, "flips")
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_trainer_evaluates_with_tta_on_every_replica(replicas, two_replicas):
+    import keras
+
+    from engine import Trainer, sparse_accuracy
+
+    strategy = two_replicas if replicas == 2 else tf.distribute.get_strategy()
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(12, 4, 4, 3)).astype(np.float32)
+    y = rng.integers(0, 5, 12).astype(np.int32)
+    with strategy.scope():
+        keras.utils.set_random_seed(0)
+        model = keras.Sequential([keras.Input((4, 4, 3)), keras.layers.Flatten(), keras.layers.Dense(5)])
+    loss = keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None)
+    data = tf.data.Dataset.from_tensor_slices((x, y)).batch(6)
+
+    def trainer(mode):
+        return Trainer(model=model, optimizer=keras.optimizers.SGD(0.1), loss=loss, metrics=sparse_accuracy,
+                       global_batch_size=6, strategy=strategy, progress=False, test_time_augmentation=mode)
+
+    logits = augmented_predictions(lambda v: model(v, training=False), tf.constant(x), "flip_translate")
+    expected = float(tf.reduce_mean(loss(y, logits)))
+    got = trainer("flip_translate").evaluate(data)
+    assert got["loss"] == pytest.approx(expected, rel=1e-5)
+    assert got["accuracy"] == pytest.approx(float(np.mean(np.argmax(logits, 1) == y)))
+    assert trainer("none").evaluate(data)["loss"] != pytest.approx(expected, rel=1e-3)

@@ -1,0 +1,31 @@
+import re
+import sys
+
+import pytest
+
+from launch.benchmark_accuracy import read_target
+from tests.launch.cli import run
+
+
+def test_recipes_state_their_targets():
+    assert read_target("launch/cifar_85.flags") == (0.85, 10)
+    assert read_target("launch/cifar_91.flags") == (0.9125, 60)
+    assert read_target("launch/cifar_94.flags") == (0.94, 120)
+    with pytest.raises(ValueError, match=r"--recipe=launch/cifar.flags has no '# target:"):
+        read_target("launch/cifar.flags")
+
+
+@pytest.mark.slow
+def test_benchmark_accuracy_runs_a_recipe_and_judges_it(tiny_cifar, tmp_path):
+    recipe = tmp_path / "tiny.flags"
+    recipe.write_text("# target: 99% in 30 min\n--model=small_cnn\n--batch_size=32\n--epochs=2\n"
+                      "--steps_per_loop=5\n--best_metric=\n")
+    result = run([sys.executable, "-m", "launch.benchmark_accuracy", f"--recipe={recipe}",
+                  f"--data_dir={tiny_cifar}", f"--work_dir={tmp_path / 'w'}"])
+    assert result.returncode == 0, result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    epochs = [float(m.group(1)) for m in map(re.compile(r"  epoch 2: eval_accuracy=([\d.]+)").match, lines) if m]
+    last = re.fullmatch(rf"{re.escape(str(recipe))}: accuracy=([\d.]+) wall=\d+s examples/s=\d+ "
+                        r"target=99% in 30 min: (holds|misses)", lines[-1])
+    assert last and epochs and float(last.group(1)) == pytest.approx(epochs[0], abs=1e-4), lines
+    assert last.group(2) == "misses"  # random labels: nowhere near 99%
