@@ -120,6 +120,15 @@ def main(argv: list[str]) -> None:
             return steps * batch / timer.seconds
         return run
 
+    def hand_step(model, optimizer, loss_fn, xb, yb):
+        """One forward-backward-update step as written by hand with a GradientTape; returns the loss."""
+        with tf.GradientTape() as tape:
+            logits = tf.cast(model(xb, training=True), tf.float32)
+            value = tf.reduce_mean(loss_fn(yb, logits)) + tf.cast(tf.add_n(model.losses), tf.float32)
+        grads = tape.gradient(value, model.trainable_variables)
+        optimizer.apply_gradients(zip(grads, model.trainable_variables))
+        return value
+
     def bare_contestant(fused: bool = True):
         model, optimizer = fresh()
         optimizer.build(model.trainable_variables)
@@ -128,12 +137,7 @@ def main(argv: list[str]) -> None:
 
         @tf.function
         def step():
-            with tf.GradientTape() as tape:
-                logits = tf.cast(model(xb, training=True), tf.float32)
-                value = tf.reduce_mean(bare_loss(yb, logits)) + tf.cast(tf.add_n(model.losses), tf.float32)
-            grads = tape.gradient(value, model.trainable_variables)
-            optimizer.apply_gradients(zip(grads, model.trainable_variables))
-            return value
+            return hand_step(model, optimizer, bare_loss, xb, yb)
 
         with batch_norm.fused(model) if fused else contextlib.nullcontext():
             step()  # traces
@@ -157,13 +161,10 @@ def main(argv: list[str]) -> None:
 
         @tf.function
         def loop(n):
+            value = tf.constant(0.0)
             for _ in tf.range(n):
                 xb, yb = next(iterator)
-                with tf.GradientTape() as tape:
-                    logits = tf.cast(model(xb, training=True), tf.float32)
-                    value = tf.reduce_mean(hand_loss(yb, logits)) + tf.cast(tf.add_n(model.losses), tf.float32)
-                grads = tape.gradient(value, model.trainable_variables)
-                optimizer.apply_gradients(zip(grads, model.trainable_variables))
+                value = hand_step(model, optimizer, hand_loss, xb, yb)
             return value
 
         with batch_norm.fused(model) if fused else contextlib.nullcontext():
