@@ -26,8 +26,8 @@ with quiet.native_startup_hidden(enabled=_LOG_LEVEL is None):
     tf.config.list_physical_devices()  # CUDA probing logs here (cuInit on a machine without a GPU).
     from absl import app, flags, logging
 
-    from launch import config as config_lib
     from launch import flags as launch_flags
+    from launch import saved_config
 
 FLAGS = flags.FLAGS
 PROG = "launch.train"
@@ -84,7 +84,7 @@ def main(argv: list[str]) -> None:
 
     try:
         config = launch_flags.config_from_flags()
-        saved = config_lib.read_saved_config(config.run.model_dir)
+        saved = saved_config.read_saved_config(config.run.model_dir)
         changes = config.compare_saved(saved) if saved is not None else []  # Refuses what would corrupt the run.
         run = experiment.prepare(config)  # Bad data or checkpoints fail here, before any training.
     except ValueError as e:
@@ -95,11 +95,11 @@ def main(argv: list[str]) -> None:
     say = EpochProgress.write if trainer.is_chief else (lambda line: None)
     if trainer.is_chief:
         say(f"config: {' '.join(config.non_default()) or 'all defaults'} "
-            f"(all settings: {os.path.join(config.run.model_dir, config_lib.CONFIG_FLAGS)})")
+            f"(all settings: {os.path.join(config.run.model_dir, saved_config.CONFIG_FLAGS)})")
         if changes:
             say(f"changed since the last run in {config.run.model_dir}: {'; '.join(changes)}")
         try:
-            config_lib.write_saved_config(config)
+            saved_config.write_saved_config(config)
         except OSError as e:
             fail(_os_error_line(e), e)
     say(run.plan())
