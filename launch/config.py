@@ -512,11 +512,11 @@ class TrainConfig:
                            f"{show_value(value) if value is not None else 'unset'}")
             guard = field.metadata.get("guard") if field is not None else LOCKED
             if guard == LOCKED or (guard == LOCKED_IF_DETERMINISTIC and deterministic):
-                refused.append(changes[-1])
+                refused.append((guard, changes[-1]))
         if refused and not self.command.allow_config_change:
-            why = "the checkpoint's model, batch or optimizer" if any(
-                n in c for c in refused for n in ("model", "batch", "optimizer", "task", "backbone", "resize",
-                                                  "accumulation", "ema")) else "a --deterministic run's data order"
+            why = "the checkpoint's model, batch or optimizer" if any(g == LOCKED for g, _ in refused) \
+                else "a --deterministic run's data order"
+            refused = [change for _, change in refused]
             raise ValueError(f"--model_dir={self.run.model_dir} holds a run with other settings "
                              f"({'; '.join(refused)}): that changes {why}. Use another --model_dir, or "
                              "--allow_config_change to resume anyway")

@@ -55,3 +55,15 @@ def test_streamed_tfrecords_are_refused_under_parameter_server_but_not_other_cac
     assert _config(tmp_path, data_dir=None, train_data=pattern, cache="encoded", strategy="parameter_server")
     assert _config(tmp_path, data_dir=None, train_data=pattern, cache="none", strategy="mirrored")
     assert _config(tmp_path, data_dir=None, train_data=str(tmp_path), cache="none", strategy="parameter_server")
+
+
+def test_a_rerun_may_change_the_epochs_but_not_the_model_or_a_deterministic_runs_seed(tmp_path):
+    saved = _config(tmp_path, model="resnet20", epochs=3, seed=1).saved_flags()
+    assert _config(tmp_path, model="resnet20", epochs=5, seed=2).compare_saved(saved) == \
+        ["--epochs: 3 -> 5", "--seed: 1 -> 2"]
+    with pytest.raises(ValueError, match=r"\(--model: resnet20 -> resnet32\): that changes the checkpoint's model"):
+        _config(tmp_path, model="resnet32", epochs=3, seed=1).compare_saved(saved)
+    saved = _config(tmp_path, model="resnet20", epochs=3, seed=1, deterministic=True).saved_flags()
+    with pytest.raises(ValueError, match=r"\(--seed: 1 -> 2\): that changes a --deterministic run's data order"):
+        _config(tmp_path, model="resnet20", epochs=3, seed=2, deterministic=True).compare_saved(saved)
+    assert _config(tmp_path, model="resnet32", allow_config_change=True).compare_saved(saved)
