@@ -87,3 +87,47 @@ def test_trainer_evaluates_with_tta_on_every_replica(replicas, two_replicas):
     assert got["loss"] == pytest.approx(expected, rel=1e-5)
     assert got["accuracy"] == pytest.approx(float(np.mean(np.argmax(logits, 1) == y)))
     assert trainer("none").evaluate(data)["loss"] != pytest.approx(expected, rel=1e-3)
+
+
+def test_partial_identity_copies_the_input_channels_and_draws_the_rest_like_pytorch():
+    import keras
+
+    from models.airbench import PartialIdentity
+
+    keras.utils.set_random_seed(0)
+    x = tf.constant(np.random.default_rng(0).normal(size=(2, 6, 6, 3)).astype(np.float32))
+    widen = PartialIdentity()((3, 3, 3, 8))  # in 3 -> out 8: filters 0..2 copy channels 0..2
+    out = tf.nn.conv2d(x, widen, strides=1, padding="SAME").numpy()
+    np.testing.assert_allclose(out[..., :3], x.numpy(), atol=1e-6)
+    assert not np.allclose(out[..., 3:4], 0)
+    rest = np.asarray(widen)[..., 3:]
+    bound = 1 / np.sqrt(3 * 3 * 3)  # PyTorch's default: uniform in +-1/sqrt(fan_in)
+    assert np.abs(rest).max() <= bound and np.abs(rest).max() > 0.8 * bound
+    narrow = np.asarray(PartialIdentity()((3, 3, 8, 4)))  # in 8 -> out 4: every filter is an identity
+    expected = np.zeros((3, 3, 8, 4), np.float32)
+    expected[1, 1, np.arange(4), np.arange(4)] = 1
+    np.testing.assert_array_equal(narrow, expected)
+
+
+def test_scaled_bias_moves_lr_multiplier_times_faster_and_decays_at_the_kernels_rate():
+    import keras
+
+    from models.airbench import ScaledBias
+
+    lr, multiplier, decay = 0.1, 64.0, 0.01
+    layer = ScaledBias(multiplier, weight_decay=decay)
+    x = tf.zeros((4, 3))
+    layer(x)
+    layer.raw.assign([0.5, -1.0, 2.0])
+    bias = np.asarray(layer.bias)
+    np.testing.assert_allclose(layer(x).numpy(), np.broadcast_to(bias, (4, 3)), rtol=1e-6)
+    upstream = np.array([1.0, -2.0, 3.0], np.float32)  # dL/d(output) of each channel, per example
+    with tf.GradientTape() as tape:
+        loss = tf.reduce_sum(layer(x) * upstream) + tf.add_n(layer.losses)
+    grads = tape.gradient(loss, [layer.raw.value])
+    keras.optimizers.SGD(lr).apply_gradients(zip(grads, [layer.raw]))
+    dl_dbias = 4 * upstream  # summed over the 4 examples
+    expected = bias - multiplier * lr * dl_dbias - lr * decay * bias
+    np.testing.assert_allclose(np.asarray(layer.bias), expected, rtol=1e-5)
+    with pytest.raises(ValueError, match="lr_multiplier=0 must be positive"):
+        ScaledBias(0)
