@@ -58,12 +58,16 @@ class LoopsMixin:
                     batch = next(iterator)
                 with tf.control_dependencies(tf.nest.flatten(self._local_tensors(batch))):
                     self._input_wait.assign_add(tf.timestamp() - start)
-            updates = self._updates_applied() if self._ema_pairs else None  # read only when the EMA needs it
+            # Read only when the lookahead or the EMA needs it.
+            updates = self._updates_applied() if (self._ema_pairs or self._slow_pairs) else None
             self.strategy.run(self._replica_train_step, args=(batch,))
             self._step.assign_add(1)
+            # After the replicas' state was averaged, so slow weights and shadows follow
+            # the mean; only when the step applied an update (not a skipped or
+            # accumulating one).
+            if self._slow_pairs:
+                tf.cond(self._updates_applied() > updates, self._update_lookahead, lambda: None)
             if self._ema_pairs:
-                # After the replicas' state was averaged, so the shadows follow the mean;
-                # only when the step applied an update (not a skipped or accumulating one).
                 tf.cond(self._updates_applied() > updates, self._update_ema, lambda: None)
 
     def _replica_train_step(self, batch) -> None:
@@ -81,9 +85,10 @@ class LoopsMixin:
         calls, self._mode = self._apply_calls, "train"
         self.train_step(batch)
         if self._apply_calls == calls:
-            needs = [name for name, on in (("ema_decay", self._ema_pairs), ("accumulation_steps",
-                     self.accumulation_steps > 1), ("the non-finite guard (nonfinite_limit)",
-                     self.nonfinite_limit is not None)) if on]
+            needs = [name for name, on in (("ema_decay", self._ema_pairs), ("lookahead", self._slow_pairs),
+                                           ("accumulation_steps", self.accumulation_steps > 1),
+                                           ("the non-finite guard (nonfinite_limit)",
+                                            self.nonfinite_limit is not None)) if on]
             if needs:
                 raise ValueError(f"{type(self).__name__}.train_step applied no update through "
                                  f"self.apply_gradients, so {', '.join(needs)} would silently do nothing; call "

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+import tensorflow as tf
+
 NONFINITE_ACTIONS = ("rollback", "stop")
 
 
@@ -88,3 +90,46 @@ class KernelOptions:
     fused_batch_norm: bool = True
     sync_batch_norm: bool = False
     jit_compile: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class LookaheadOptions:
+    """Lookahead: slow weights that every k updates move toward the model's, which then restart from them.
+
+    After every `every_steps`-th applied update (and the last one, `ramp_steps`,
+    when given), every float weight of the model (trainable and BatchNorm
+    statistics) follows
+
+        slow <- slow + alpha_u * (weight - slow);   weight <- slow
+
+    (Zhang, Lucas, Hinton, Ba, "Lookahead Optimizer: k steps forward, 1 step
+    back", NeurIPS 2019). With `ramp_steps` = T, alpha_u = 1 - (1 - alpha) *
+    min(u / T, 1)^3 at update u: no pull early on, alpha at the end (airbench94,
+    Keller Jordan 2024: k = 5, alpha = 1 - 0.95^5 over the run's T updates, whose
+    last update also syncs). The optimizer's own state (momentum) is left as is.
+
+    Attributes:
+      every_steps: k >= 1, updates between syncs.
+      alpha: slow-weight step size in (0, 1]; 1 makes lookahead a no-op.
+      ramp_steps: T >= 1 for airbench's cubic ramp of alpha over T updates;
+        None for a constant alpha.
+    """
+
+    every_steps: int = 5
+    alpha: float = 0.5
+    ramp_steps: int | None = None
+
+    def __post_init__(self):
+        if self.every_steps < 1:
+            raise ValueError(f"lookahead every_steps={self.every_steps} must be at least 1")
+        if not 0 < self.alpha <= 1:
+            raise ValueError(f"lookahead alpha={self.alpha} must be in (0, 1]")
+        if self.ramp_steps is not None and self.ramp_steps < 1:
+            raise ValueError(f"lookahead ramp_steps={self.ramp_steps} must be at least 1 (or None)")
+
+    def alpha_at(self, update: tf.Tensor) -> tf.Tensor:
+        """alpha_u (float32 scalar) at update u (an integer scalar tensor)."""
+        if self.ramp_steps is None:
+            return tf.constant(self.alpha, tf.float32)
+        frac = tf.minimum(tf.cast(update, tf.float32) / float(self.ramp_steps), 1.0)
+        return 1.0 - (1.0 - self.alpha) * frac ** 3

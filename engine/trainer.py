@@ -37,7 +37,7 @@ from engine.controller import Controller
 from engine.hooks import HooksMixin
 from engine.inputs import DatasetInput, EpochInput, retire
 from engine.loops import LoopsMixin
-from engine.options import CheckpointOptions, GuardOptions, KernelOptions
+from engine.options import CheckpointOptions, GuardOptions, KernelOptions, LookaheadOptions
 from engine.preemption import StopRequest, checkpoint_handler
 from engine.progress import EpochProgress, format_value
 from engine import tta
@@ -145,6 +145,9 @@ class Trainer(UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
         and export use the averages. None for no average. Typical: 0.999.
       kernels: KernelOptions: the fused BatchNorm kernel, synchronized BatchNorm,
         XLA.
+      lookahead: LookaheadOptions: slow weights synced every k updates (Zhang
+        et al. 2019; airbench's ramped variant), saved with every checkpoint;
+        None for none. Applied before the moving average when both are on.
       test_time_augmentation: "none", "flip" or "flip_translate": evaluation
         (test_step) averages the model's outputs over mirrored and translated
         copies of image inputs [batch, h, w, c] (engine/tta.py, airbench's TTA).
@@ -175,6 +178,7 @@ class Trainer(UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
         guard: GuardOptions = GuardOptions(),
         kernels: KernelOptions = KernelOptions(),
         test_time_augmentation: str = "none",
+        lookahead: LookaheadOptions | None = None,
     ):
         self.strategy = strategy or tf.distribute.get_strategy()
         replicas = self.strategy.num_replicas_in_sync
@@ -212,6 +216,7 @@ class Trainer(UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
         self.eval_loss = eval_loss or loss
         self.accumulation_steps = accumulation_steps
         self.ema_decay = ema_decay
+        self.lookahead = lookahead
         self.fused_batch_norm = kernels.fused_batch_norm
         self.sync_batch_norm = kernels.sync_batch_norm
         self.jit_compile = jit_compile = kernels.jit_compile
@@ -247,6 +252,7 @@ class Trainer(UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
         # model may not have yet: fit builds it from the first batch's spec.
         self._accumulators: list[tf.Variable] = []
         self._ema_pairs: list[tuple[keras.Variable, tf.Variable]] = []
+        self._slow_pairs: list[tuple[keras.Variable, tf.Variable]] = []  # Lookahead's (weight, slow weight).
         # Seconds the compiled loop waited for input since the last read; made
         # outside the strategy's scope (a plain host variable), not saved.
         self._input_wait = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="input_wait")
@@ -335,11 +341,16 @@ class Trainer(UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
             self._ema_pairs = [(v, tf.Variable(tf.convert_to_tensor(v), trainable=False, name="ema",
                                                aggregation=first_replica))
                                for v in self._averaged_weights()] if self.ema_decay else []
+            self._slow_pairs = [(v, tf.Variable(tf.convert_to_tensor(v), trainable=False, name="lookahead_slow",
+                                                aggregation=first_replica))
+                                for v in self._averaged_weights()] if self.lookahead else []
         if self.checkpointer:
             if self._accumulators:
                 self.checkpointer.checkpoint.grad_accumulators = list(self._accumulators)
             if self._ema_pairs:
                 self.checkpointer.checkpoint.ema = [shadow for _, shadow in self._ema_pairs]
+            if self._slow_pairs:
+                self.checkpointer.checkpoint.lookahead = [slow for _, slow in self._slow_pairs]
 
     def build_model(self, element_spec) -> None:
         """Creates the model's variables from a batch's spec, under the strategy's scope; no-op if built.

@@ -1,10 +1,10 @@
 """The update a train step applies: `apply_gradients` and what it brings (a Trainer mixin).
 
 Gradient accumulation, the non-finite guard agreed across replicas, the
-LossScaleOptimizer's unscaling and overflow skip, and the exponential moving
-average of the weights. Any custom `train_step` that calls `apply_gradients`
-keeps all of them; engine/trainer.py raises at the first trace of a step that
-bypasses it while one of them is on.
+LossScaleOptimizer's unscaling and overflow skip, Lookahead's slow weights and
+the exponential moving average of the weights. Any custom `train_step` that
+calls `apply_gradients` keeps all of them; engine/trainer.py raises at the
+first trace of a step that bypasses it while one of them is on.
 """
 
 from __future__ import annotations
@@ -129,6 +129,24 @@ class UpdateMixin:
         decay = self.ema_decay
         for weight, shadow in self._ema_pairs:
             shadow.assign(decay * shadow + (1.0 - decay) * tf.cast(tf.convert_to_tensor(weight), shadow.dtype))
+
+    def _update_lookahead(self) -> None:
+        """Cross-replica context, after an applied update: Lookahead's sync when due (LookaheadOptions)."""
+        options = self.lookahead
+        update = self._updates_applied()
+        due = tf.equal(update % options.every_steps, 0)
+        if options.ramp_steps is not None:
+            due = tf.logical_or(due, tf.equal(update, options.ramp_steps))
+
+        def sync():
+            alpha = options.alpha_at(update)
+            for weight, slow in self._slow_pairs:
+                value = tf.convert_to_tensor(weight)
+                moved = slow + tf.cast(alpha, slow.dtype) * (tf.cast(value, slow.dtype) - slow)
+                slow.assign(moved)
+                weight.assign(tf.cast(moved, value.dtype))
+
+        tf.cond(due, sync, lambda: None)
 
     def _skip(self) -> None:
         self._nonfinite_total.assign_add(1)
