@@ -17,8 +17,8 @@ import tensorflow as tf
 
 from datasets import augment
 from models import transfer
-from engine import (CheckpointOptions, EpochInput, GuardOptions, KernelOptions, Trainer, configure_cpu_devices,
-                    create_strategy, distribution)
+from engine import (CheckpointOptions, EpochInput, GuardOptions, KernelOptions, LookaheadOptions, Trainer,
+                    configure_cpu_devices, create_strategy, distribution)
 from engine import hooks as hooks_lib
 from engine.optimizers import build_optimizer, set_precision
 from engine.schedules import build_schedule
@@ -230,9 +230,21 @@ def _trainer(task: tasks.Task, data: tasks.TaskData, config: TrainConfig, model,
                            rollback_lr_factor=config.run.rollback_lr_factor,
                            max_rollbacks=None if config.run.max_rollbacks < 0 else config.run.max_rollbacks),
         test_time_augmentation=config.run.tta,
+        lookahead=_lookahead(config, data.steps_per_epoch),
         kernels=KernelOptions(fused_batch_norm=config.compute.fused_batch_norm,
                               sync_batch_norm=config.compute.sync_batch_norm,
                               jit_compile=config.compute.jit_compile))
+
+
+def _lookahead(config: TrainConfig, steps_per_epoch: int) -> LookaheadOptions | None:
+    """--lookahead_*: the engine's options; a ramp spans the run's updates (accumulation_steps batches each)."""
+    opt = config.optimizer
+    if not opt.lookahead_steps:
+        return None
+    batches = config.run.train_steps or int(round(config.run.epochs * steps_per_epoch))
+    return LookaheadOptions(every_steps=opt.lookahead_steps, alpha=opt.lookahead_alpha,
+                            ramp_steps=max(1, math.ceil(batches / opt.accumulation_steps)) if opt.lookahead_ramp
+                            else None)
 
 
 RUN_JSON = "run.json"

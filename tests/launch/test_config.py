@@ -16,6 +16,8 @@ def _config(tmp_path, **overrides):
     ({"strategy": "horovod"}, "--strategy='horovod' is not known"),
     ({"lr_boundaries": (1.0,), "lr_multipliers": (0.1, 0.01)}, "one multiplier per boundary"),
     ({"data_dir": "/no/such/folder"}, "--data_dir=/no/such/folder does not exist"),
+    ({"lookahead_alpha": 0.0}, r"--lookahead_alpha=0 must be in \(0, 1\]"),
+    ({"lookahead_steps": -1}, "--lookahead_steps=-1 must be 0 \\(off\\) or positive"),
 ])
 def test_bad_values_name_the_flag(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -67,3 +69,17 @@ def test_a_rerun_may_change_the_epochs_but_not_the_model_or_a_deterministic_runs
     with pytest.raises(ValueError, match=r"\(--seed: 1 -> 2\): that changes a --deterministic run's data order"):
         _config(tmp_path, model="resnet20", epochs=3, seed=2, deterministic=True).compare_saved(saved)
     assert _config(tmp_path, model="resnet32", allow_config_change=True).compare_saved(saved)
+
+
+def test_lookahead_flags_give_the_engine_a_ramp_over_the_runs_updates(tmp_path):
+    from launch.experiment import _lookahead
+
+    assert _lookahead(_config(tmp_path), steps_per_epoch=10) is None
+    constant = _lookahead(_config(tmp_path, lookahead_steps=4, lookahead_alpha=0.3), steps_per_epoch=10)
+    assert (constant.every_steps, constant.alpha, constant.ramp_steps) == (4, 0.3, None)
+    # 2.5 epochs of 10 batches, 2 batches per update: the ramp ends at update 13 (the last).
+    ramped = _lookahead(_config(tmp_path, lookahead_steps=5, lookahead_ramp=True, epochs=2.5, accumulation_steps=2),
+                        steps_per_epoch=10)
+    assert ramped.ramp_steps == 13
+    assert _lookahead(_config(tmp_path, lookahead_steps=5, lookahead_ramp=True, train_steps=7),
+                      steps_per_epoch=10).ramp_steps == 7
