@@ -25,6 +25,7 @@ its CSV line, or, with skip_bad=True, is left out and counted.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 from typing import Callable, Sequence
 
@@ -373,10 +374,10 @@ def _streaming_train_fn(index: ImageIndex, *, global_batch_size, seed, recipe, p
     has_choices = bool(recipe.sample(np.random.default_rng(0), 0))
     per_image_count = 3 if per_image else 0
 
-    def sample(rng, count):
+    def sample(rng, count, epoch):
         drawn = augment.sample_imagenet(rng, count, min_side=round(image_shape[0] * 256 / 224),
                                         max_side=round(image_shape[0] * 512 / 224)) if per_image else ()
-        return (*drawn, *recipe.sample(rng, count))
+        return (*drawn, *recipe.sample_epoch(rng, count, seed=seed, epoch=epoch))
 
     def load_one(i, encoded, *choices):
         image = decode(encoded)
@@ -394,9 +395,9 @@ def _streaming_train_fn(index: ImageIndex, *, global_batch_size, seed, recipe, p
 
     def dataset_fn(ctx, epoch, start_step, independent=False):
         per_replica = ctx.get_per_replica_batch_size(global_batch_size)
+        sample_fn = functools.partial(sample, epoch=epoch) if (per_image or has_choices) else None
         ds = in_memory.epoch_batches(n, ctx, global_batch_size=global_batch_size, seed=seed, epoch=epoch,
-                                     start_step=start_step, sample_fn=sample if (per_image or has_choices) else None,
-                                     independent=independent)
+                                     start_step=start_step, sample_fn=sample_fn, independent=independent)
         ds = _with_encoded(index, ds, load_one).batch(per_replica, drop_remainder=True)
         return ds.map(finish, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True).prefetch(tf.data.AUTOTUNE)
 

@@ -10,6 +10,8 @@ No shuffle buffer or iterator state needs saving; the checkpoint's step is enoug
 
 from __future__ import annotations
 
+import functools
+
 from typing import Callable
 
 import numpy as np
@@ -133,9 +135,9 @@ def train_dataset_fn(
 
     def dataset_fn(ctx: tf.distribute.InputContext, epoch: int, start_step: int,
                    independent: bool = False) -> tf.data.Dataset:
+        sample_fn = functools.partial(recipe.sample_epoch, seed=seed, epoch=epoch) if random else None
         ds = epoch_batches(num_examples, ctx, global_batch_size=global_batch_size, seed=seed, epoch=epoch,
-                           start_step=start_step, sample_fn=recipe.sample if random else None,
-                           independent=independent)
+                           start_step=start_step, sample_fn=sample_fn, independent=independent)
         ds = ds.map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
         return ds.prefetch(tf.data.AUTOTUNE)
 

@@ -146,3 +146,33 @@ def test_translate2_reflects_the_edges_and_shifts_by_at_most_two_pixels():
     padded = np.pad(x, ((0, 0), (2, 2), (2, 2), (0, 0)), mode="reflect")
     np.testing.assert_array_equal(out[0], padded[0, 0:5, 4:10])  # moved down 2 and left 2, edges mirrored
     np.testing.assert_array_equal(out[1], x[1, :, ::-1])  # centred crop, flipped
+
+
+def test_alternating_flips_mirror_each_example_every_other_epoch_in_the_pipeline():
+    from datasets import in_memory
+
+    n = 64
+    # Each image brightens left to right, so its mirror image darkens: the sign of
+    # (right half - left half) says whether the pipeline flipped it, despite the shifts.
+    ramp = np.broadcast_to(np.arange(32, dtype=np.float32)[None, None, :, None] * 8, (n, 32, 32, 3))
+    images, labels = np.ascontiguousarray(ramp).astype(np.uint8), np.arange(n, dtype=np.int32)
+    recipe = augment.parse_recipe("translate2_alternating")[0]
+    fn = in_memory.train_dataset_fn(images, labels, global_batch_size=16, seed=3, recipe=recipe, normalize=None)
+
+    def flipped(epoch):
+        out = np.zeros(n, bool)
+        for x, y in fn(tf.distribute.InputContext(), epoch, 0):
+            x = x.numpy()
+            out[y.numpy()] = x[:, :, 16:].mean(axis=(1, 2, 3)) < x[:, :, :16].mean(axis=(1, 2, 3))
+        return out
+
+    first, second, third = flipped(0), flipped(1), flipped(2)
+    assert 0.25 < first.mean() < 0.75  # a random half at first
+    np.testing.assert_array_equal(second, ~first)  # then every example the other way
+    np.testing.assert_array_equal(third, first)
+    # The bits come from the run's seed, whatever the epoch's generator.
+    np.testing.assert_array_equal(recipe.sample_epoch(np.random.default_rng(9), n, seed=3, epoch=2)[1], first)
+    assert not np.array_equal(recipe.sample_epoch(np.random.default_rng(9), n, seed=4, epoch=0)[1], first)
+    # The shifts are still drawn anew each epoch.
+    offsets = [recipe.sample_epoch(np.random.default_rng(e), n, seed=3, epoch=e)[0] for e in (0, 1)]
+    assert not np.array_equal(*offsets)
