@@ -206,7 +206,10 @@ def airbench(*, num_classes: int = 10, input_shape=(32, 32, 3), widths=(64, 256,
     reg = keras.regularizers.L2(weight_decay / 2) if weight_decay else None
     conv_init = PartialIdentity() if identity_init else _torch_default()
     inputs = keras.Input(input_shape, name="images")
-    x = PatchWhitening(name="whiten")(inputs)  # [b, 31, 31, 24]
+    # Always float32: the filters of the smallest eigenvalues are large (~16) and their
+    # outputs small, so in bfloat16 they drown in rounding (15-20% relative noise on
+    # real CIFAR-10, BUILD_NOTES.md "Issue 16"); the layer is ~0.1% of the compute.
+    x = PatchWhitening(name="whiten", dtype="float32")(inputs)  # [b, 31, 31, 24]
     x = layers.Activation("gelu", name="whiten_gelu")(x)
     for i, width in enumerate(widths):
         p = f"block{i + 1}"

@@ -131,3 +131,23 @@ def test_scaled_bias_moves_lr_multiplier_times_faster_and_decays_at_the_kernels_
     np.testing.assert_allclose(np.asarray(layer.bias), expected, rtol=1e-5)
     with pytest.raises(ValueError, match="lr_multiplier=0 must be positive"):
         ScaledBias(0)
+
+
+def test_airbench_whitens_in_float32_under_mixed_bfloat16():
+    import keras
+
+    images = _correlated_images(8)
+    keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    try:
+        model = models.build("airbench", num_classes=10)
+    finally:
+        keras.mixed_precision.set_global_policy("float32")
+    models.initialize_whitening(model, images)
+    whiten = model.get_layer("whiten")
+    assert whiten.compute_dtype == "float32" and model.get_layer("block1_conv1").compute_dtype == "bfloat16"
+    reference = PatchWhitening()
+    reference.build((None, 32, 32, 3))
+    reference.kernel.assign(whiten.kernel)
+    # The same outputs as a float32 layer, to float32 rounding (bfloat16 would be off by ~1e-2).
+    probe = keras.Model(model.inputs[0], whiten.output)
+    np.testing.assert_allclose(probe(images).numpy(), reference(images).numpy(), rtol=1e-5, atol=1e-5)
