@@ -20,6 +20,7 @@ import numpy as np
 from keras import layers, ops
 
 
+@keras.saving.register_keras_serializable(package="airbench")
 class PatchWhitening(keras.layers.Layer):
     """A frozen conv whose filters whiten the input's k x k patches; only its bias trains.
 
@@ -89,6 +90,7 @@ class PatchWhitening(keras.layers.Layer):
         return {**super().get_config(), "patch_size": self.patch_size, "eps": self.eps}
 
 
+@keras.saving.register_keras_serializable(package="airbench")
 class ScaledBias(keras.layers.Layer):
     """Adds a per-channel bias that plain SGD moves `lr_multiplier` times faster; its decay is not scaled.
 
@@ -135,6 +137,7 @@ class ScaledBias(keras.layers.Layer):
         return {**super().get_config(), "lr_multiplier": self.lr_multiplier, "weight_decay": self.weight_decay}
 
 
+@keras.saving.register_keras_serializable(package="airbench")
 class PartialIdentity(keras.initializers.Initializer):
     """Conv kernel [kh, kw, in, out] whose first min(in, out) filters are identities (dirac).
 

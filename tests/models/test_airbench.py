@@ -151,3 +151,17 @@ def test_airbench_whitens_in_float32_under_mixed_bfloat16():
     # The same outputs as a float32 layer, to float32 rounding (bfloat16 would be off by ~1e-2).
     probe = keras.Model(model.inputs[0], whiten.output)
     np.testing.assert_allclose(probe(images).numpy(), reference(images).numpy(), rtol=1e-5, atol=1e-5)
+
+
+def test_a_saved_airbench_loads_back_with_its_custom_layers(tmp_path):
+    import keras
+
+    model = models.build("airbench", num_classes=10)
+    models.initialize_whitening(model, _correlated_images(16))
+    model.get_layer("block1_bn1_bias").raw.assign(np.linspace(-1, 1, 64).astype(np.float32))
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    loaded = keras.models.load_model(path, compile=False)  # what launch.evaluate/predict/export do
+    images = tf.constant(_correlated_images(4))
+    np.testing.assert_allclose(loaded(images, training=False).numpy(), model(images, training=False).numpy(),
+                               rtol=1e-5, atol=1e-6)
