@@ -157,6 +157,9 @@ class ModelConfig(Section):
                                        guard=LOCKED)
     resize_to: tuple[int, ...] = setting((), "Resize inputs to height,width before the backbone.", guard=LOCKED)
     dropout: float = setting(0.5, "Dropout before the transfer head.", rule=_in(0, 1))
+    whitening_eps: float = setting(5e-4, "airbench: added to the eigenvalues of the patch covariance when the "
+                                   "whitening filters are set (airbench's 5e-4); larger damps the "
+                                   "high-frequency patch components.", positive=True, guard=LOCKED)
     finetune_after_epochs: float | None = setting(
         None, "Transfer learning: after this many epochs, unfreeze --finetune_layers top layers of the backbone "
         "and go on at a lower learning rate.", positive=True)

@@ -59,8 +59,12 @@ class PatchWhitening(keras.layers.Layer):
         dims = [None if d is None else d - k + 1 for d in input_shape[1:3]]
         return (input_shape[0], *dims, 2 * k * k * int(input_shape[-1]))
 
-    def initialize_from_images(self, images: np.ndarray) -> np.ndarray:
+    def initialize_from_images(self, images: np.ndarray, eps: float | None = None) -> np.ndarray:
         """Sets the filters from `images` (float [n, h, w, c], normalised as the model's inputs).
+
+        Args:
+          images: the training images to estimate the patch covariance from.
+          eps: replaces the layer's eps (kept in its config) when given.
 
         Returns:
           The eigenvalues of the patch covariance, largest first (float64 [k*k*c]).
@@ -70,6 +74,10 @@ class PatchWhitening(keras.layers.Layer):
         """
         if not self.built:
             raise ValueError(f"{self.name}: build the model before initialising its whitening")
+        if eps is not None:
+            if eps <= 0:
+                raise ValueError(f"{self.name}: whitening eps={eps} must be positive")
+            self.eps = eps
         k = self.patch_size
         images = np.asarray(images, np.float64)
         n, h, w, c = images.shape
@@ -232,8 +240,10 @@ def airbench(*, num_classes: int = 10, input_shape=(32, 32, 3), widths=(64, 256,
     return keras.Model(inputs, outputs, name=name)
 
 
-def initialize_whitening(model: keras.Model, images: np.ndarray) -> int:
+def initialize_whitening(model: keras.Model, images: np.ndarray, eps: float | None = None) -> int:
     """Initialises every PatchWhitening layer of `model` from `images` (normalised float [n, h, w, c]).
+
+    `eps`, when given, replaces each layer's eps (see PatchWhitening).
 
     Returns:
       The number of layers initialised (0 for a model without one).
@@ -241,6 +251,6 @@ def initialize_whitening(model: keras.Model, images: np.ndarray) -> int:
     count = 0
     for layer in model._flatten_layers(include_self=False):
         if isinstance(layer, PatchWhitening):
-            layer.initialize_from_images(images)
+            layer.initialize_from_images(images, eps)
             count += 1
     return count

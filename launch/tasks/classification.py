@@ -54,7 +54,7 @@ class Classification(Task):
             if sample is None:
                 raise ValueError(f"--model={config.model.name} initialises its whitening layer from the training "
                                  "images of --data_dir (CIFAR-10 in memory); --train_data is not supported for it")
-            models.initialize_whitening(model, sample)
+            models.initialize_whitening(model, sample, eps=config.model.whitening_eps)
         return model
 
     def model_label(self, config, model) -> str:

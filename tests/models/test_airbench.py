@@ -165,3 +165,17 @@ def test_a_saved_airbench_loads_back_with_its_custom_layers(tmp_path):
     images = tf.constant(_correlated_images(4))
     np.testing.assert_allclose(loaded(images, training=False).numpy(), model(images, training=False).numpy(),
                                rtol=1e-5, atol=1e-6)
+
+
+def test_a_larger_whitening_eps_damps_the_small_eigenvalue_components():
+    images = _correlated_images()
+    layer = PatchWhitening()
+    layer.build((None, 32, 32, 3))
+    eigenvalues = layer.initialize_from_images(images, eps=0.1)
+    assert layer.eps == 0.1 and layer.get_config()["eps"] == 0.1
+    out = layer(tf.constant(images)).numpy()[..., :12].reshape(-1, 12)
+    variances = np.diag(out.T @ out / len(out))
+    np.testing.assert_allclose(variances, eigenvalues / (eigenvalues + 0.1), rtol=1e-3, atol=1e-4)
+    assert variances[-1] < 0.5 * variances[0]
+    with pytest.raises(ValueError, match="whitening eps=0 must be positive"):
+        layer.initialize_from_images(images, eps=0)
