@@ -11,6 +11,7 @@ from engine.options import CheckpointOptions, GuardOptions, KernelOptions, Looka
 from engine.schedules import piecewise_constant_by_epoch
 from engine.trainer import NonFiniteError, Trainer, sparse_accuracy
 
-__all__ = ["Trainer", "CheckpointOptions", "GuardOptions", "KernelOptions", "LookaheadOptions", "NonFiniteError", "CheckpointWriteError",
+__all__ = ["Trainer", "CheckpointOptions", "GuardOptions", "KernelOptions", "LookaheadOptions", "NonFiniteError",
+           "CheckpointWriteError",
            "sparse_accuracy", "EpochInput", "DatasetInput", "create_strategy", "configure_cpu_devices",
            "piecewise_constant_by_epoch"]

@@ -96,7 +96,8 @@ class NonFiniteGuard:
         items = [[item] if isinstance(item, (tf.Variable, keras.Variable)) else getattr(item, "variables", [])
                  for item in t.checkpoint_items().values()]
         for v in [*t.model.variables, *(v for o in t.optimizers.values() for v in o.variables),
-                  *(s for _, s in t._ema_pairs), *(s for _, s in t._slow_pairs), *t._accumulators, *(v for vs in items for v in vs)]:
+                  *(s for _, s in t._ema_pairs), *(s for _, s in t._slow_pairs), *t._accumulators,
+                  *(v for vs in items for v in vs)]:
             v = v.value if isinstance(v, keras.Variable) else v  # The tf.Variable inside a Keras variable.
             if id(v) not in seen and v.dtype.is_floating:
                 seen.add(id(v))

@@ -202,7 +202,8 @@ class OptimizerConfig(Section):
     lookahead_steps: int = setting(0, "Lookahead (Zhang et al. 2019): every this many updates the slow weights "
                                    "move --lookahead_alpha of the way to the model's, which restart from them; "
                                    "0 for none.", rule=OFF_OR_POSITIVE, guard=LOCKED)
-    lookahead_alpha: float = setting(0.5, "Lookahead's slow-weight step size, in (0, 1].", rule=_in(0, 1, lo_open=True, hi_open=False))
+    lookahead_alpha: float = setting(0.5, "Lookahead's slow-weight step size, in (0, 1].",
+                                     rule=_in(0, 1, lo_open=True, hi_open=False))
     lookahead_ramp: bool = setting(False, "airbench's Lookahead: the slow weights' pull (1 - alpha) ramps up as "
                                    "(update / last update)^3, and the last update syncs.")
 

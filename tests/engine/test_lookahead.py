@@ -18,7 +18,7 @@ def _reference(options: LookaheadOptions, steps: int):
     x, y = _data()
     trainer = _trainer(batch=16)
     slow = [w.copy() for w in trainer.model.get_weights()]
-    syncs = sorted({u for u in range(EVERY, steps + 1, EVERY)} | ({options.ramp_steps} if options.ramp_steps else set()))
+    syncs = sorted(set(range(EVERY, steps + 1, EVERY)) | ({options.ramp_steps} if options.ramp_steps else set()))
     for u in syncs:
         trainer.fit(_input(x, y, 16), train_steps=u)
         alpha = options.alpha if options.ramp_steps is None else \

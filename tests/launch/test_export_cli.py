@@ -24,6 +24,10 @@ def test_export_predict_and_evaluate_agree_with_training(tiny_cifar, tmp_path):
     assert evaluated.returncode == 0, evaluated.stderr[-3000:]
     assert float(re.search(r"eval_accuracy=([\d.]+)", evaluated.stdout).group(1)) == pytest.approx(final_accuracy,
                                                                                                   abs=1e-4)
+    on_train = run([sys.executable, "-m", "launch.evaluate", f"--model_dir={model_dir}", f"--data_dir={tiny_cifar}",
+                    "--split=train", "--tta=flip"])
+    assert on_train.returncode == 0, on_train.stderr[-3000:]
+    assert "on 320 train examples with flip TTA" in on_train.stdout
     # The export on the raw uint8 test images gives the same accuracy.
     from datasets import cifar10
 
