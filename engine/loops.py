@@ -65,10 +65,12 @@ class LoopsMixin:
             # After the replicas' state was averaged, so slow weights and shadows follow
             # the mean; only when the step applied an update (not a skipped or
             # accumulating one).
-            if self._slow_pairs:
-                tf.cond(self._updates_applied() > updates, self._update_lookahead, lambda: None)
-            if self._ema_pairs:
-                tf.cond(self._updates_applied() > updates, self._update_ema, lambda: None)
+            if updates is not None:
+                applied = self._updates_applied() > updates
+                if self._slow_pairs:
+                    tf.cond(applied, self._update_lookahead, lambda: None)
+                if self._ema_pairs:
+                    tf.cond(applied, self._update_ema, lambda: None)
 
     def _replica_train_step(self, batch) -> None:
         """One replica's step: `train_step`, then the state its layers updated, made finite and equal.
