@@ -34,6 +34,7 @@ from typing import Callable, Sequence
 import numpy as np
 import tensorflow as tf
 
+from engine import profiling
 from engine.files import is_better, mode_for, write_atomic
 
 HOOK_EVENTS = ("train_begin", "loop_end", "epoch_end", "train_end")
@@ -226,17 +227,22 @@ class Profiler:
     """Records the TensorFlow profiler over steps [start, stop), for TensorBoard's profile tab.
 
     The trace lands in <logdir>/plugins/profile/<run>/; open TensorBoard on the
-    model_dir (pip install tensorboard-plugin-profile for the Profile tab).
+    model_dir (pip install tensorboard-plugin-profile for the Profile tab). When
+    the trace ends, the hook says the `top` op types by self time per profiled
+    step (engine/profiling.py; `python -m launch.profile_report` prints it again)
+    and keeps that summary as `self.summary`.
 
     Args:
       logdir: usually <model_dir>/train.
       start, stop: global steps, 0 <= start < stop.
+      top: op types to print (0: only the trace's path).
     """
 
-    def __init__(self, logdir: str, start: int, stop: int):
+    def __init__(self, logdir: str, start: int, stop: int, top: int = 12):
         if not 0 <= start < stop:
             raise ValueError(f"profile_steps={start},{stop}: need 0 <= start < stop")
-        self.logdir, self.start, self.stop = logdir, start, stop
+        self.logdir, self.start, self.stop, self.top = logdir, start, stop, top
+        self.summary = None
         self.active = False
         self.done = False
 
@@ -257,7 +263,7 @@ class Profiler:
         if self.active and trainer.global_step >= self.stop:
             tf.profiler.experimental.stop()
             self.active, self.done = False, True
-            trainer.say(f"profiled steps {self.start}-{self.stop} into {self.logdir}")
+            self._report(trainer, self.stop)
         self._maybe_start(trainer)
 
     def on_train_end(self, trainer, history):
@@ -265,7 +271,18 @@ class Profiler:
         if self.active:
             tf.profiler.experimental.stop()
             self.active, self.done = False, True
-            trainer.say(f"profiled steps {self.start}-{trainer.global_step} into {self.logdir}")
+            self._report(trainer, trainer.global_step)
+
+    def _report(self, trainer, stop: int) -> None:
+        """Says where the trace went and its top op types by self time (engine/profiling.py)."""
+        trainer.say(f"profiled steps {self.start}-{stop} into {self.logdir}")
+        try:
+            summary = profiling.summarize(self.logdir)
+        except (OSError, ValueError) as e:  # A trace the profiler could not write is not fatal to training.
+            trainer.say(f"could not summarise the profile: {e}")
+            return
+        self.summary = summary
+        trainer.say(summary.table(top=self.top, steps=max(stop - self.start, 1)))
 
 
 class MaxTime:

@@ -111,14 +111,18 @@ def test_weight_histograms_are_written_every_n_epochs(tmp_path):
 
 
 def test_profiler_records_exactly_the_requested_steps(tmp_path):
-    loops = []
-    trainer = _trainer(model_dir=str(tmp_path), steps_per_loop=100,
-                       hooks=[hooks_lib.Profiler(str(tmp_path / "train"), 2, 5)])
+    loops, said = [], []
+    profiler = hooks_lib.Profiler(str(tmp_path / "train"), 2, 5)
+    trainer = _trainer(model_dir=str(tmp_path), steps_per_loop=100, hooks=[profiler])
+    trainer.say = said.append
     trainer.add_hook("loop_end", lambda t, logs: loops.append(int(logs["step"])))
     train, _ = _input()
     trainer.fit(train, epochs=3)
     assert loops == [2, 3, 5, 6, 9]  # Loops cut at the profiler's steps and the epoch ends.
     assert glob.glob(str(tmp_path / "train" / "plugins" / "profile" / "*" / "*.xplane.pb"))
+    # Its summary (engine/profiling.py) finds the model's own op, and is said per profiled step.
+    assert any("MatMul" in t.op_type for t in profiler.summary.by_type)
+    assert any("per step (3 steps)" in line and "MatMul" in line for line in said)
 
 
 def test_max_time_checkpoints_and_stops_and_a_rerun_goes_on(tmp_path):
