@@ -49,6 +49,8 @@ flags.DEFINE_enum("only", None, ["trainer", "fit", "bare"], "Run one contestant 
                   "resident memory (used by --memory).")
 flags.DEFINE_bool("xla", False, "Also run the Trainer (jit_compile=True) and Keras fit (jit_compile=True) with "
                   "XLA.")
+flags.DEFINE_bool("peak_flops", False, "Only measure this CPU's attainable FLOP/s: a 4096^3 matmul and airbench's "
+                  "largest convolution (batch 256, 15x15x256 -> 256, 3x3) in float32 and bfloat16; print and exit.")
 flags.DEFINE_bool("memory", False, "Also run the trainer and Keras fit each alone in a fresh process and print "
                   "their peak resident memory (VmHWM).")
 FLAGS = flags.FLAGS
@@ -63,6 +65,10 @@ def main(argv: list[str]) -> None:
     import models
     from engine import DatasetInput, GuardOptions, KernelOptions, Trainer, batch_norm, sparse_accuracy
 
+    if FLAGS.peak_flops:
+        for line in peak_flops():
+            print(line)
+        return
     batch, steps = FLAGS.batch_size, FLAGS.steps
     warmup = 20
     if FLAGS.precision == "bfloat16":
@@ -214,6 +220,41 @@ def main(argv: list[str]) -> None:
           f"{results['trainer, Keras BN'] / results['hand loop, Keras BN']:.3f} (both on Keras's BatchNorm)")
     print(f"trainer/fit={results['trainer'] / results['keras fit']:.3f} "
           f"trainer/bare={results['trainer'] / results['bare loop']:.3f}")
+
+
+def peak_flops(reps: int = 5) -> list[str]:
+    """Attainable FLOP/s of this machine's TensorFlow kernels, one line per kernel and dtype.
+
+    A square 4096 matmul (2 x 4096^3 FLOP) and the forward convolution of
+    airbench's block 2/3 (batch 256, 15x15x256 -> 256 channels, 3x3, "same":
+    2 x 256 x 15 x 15 x 256 x 256 x 9 FLOP), each timed `reps` times in a
+    tf.function after one warm-up call; the median counts. This is the ceiling a
+    training step's kernels can reach here, not the chip's data-sheet peak.
+    """
+    import numpy as np
+    import tensorflow as tf
+
+    rng = np.random.default_rng(0)
+    lines = []
+    cases = {"matmul 4096^3": ((4096, 4096), (4096, 4096), lambda a, b: tf.linalg.matmul(a, b), 2 * 4096 ** 3),
+             "conv 3x3 256->256 @15x15, batch 256": (
+                 (256, 15, 15, 256), (3, 3, 256, 256),
+                 lambda a, b: tf.nn.conv2d(a, b, 1, "SAME"), 2 * 256 * 15 * 15 * 256 * 256 * 9)}
+    for name, (shape_a, shape_b, op, flop) in cases.items():
+        for dtype in (tf.float32, tf.bfloat16):
+            a = tf.cast(rng.normal(size=shape_a).astype(np.float32), dtype)
+            b = tf.cast(rng.normal(size=shape_b).astype(np.float32), dtype)
+            fn = tf.function(lambda a, b, op=op: tf.reduce_sum(tf.cast(op(a, b)[..., :1], tf.float32)))
+            float(fn(a, b))
+            times = []
+            for _ in range(reps):
+                start = time.perf_counter()
+                float(fn(a, b))
+                times.append(time.perf_counter() - start)
+            seconds = float(np.median(times))
+            lines.append(f"{name:38s} {dtype.name:9s} {flop / seconds / 1e9:7.0f} GFLOP/s "
+                         f"({seconds * 1e3:.0f} ms, median of {reps})")
+    return lines
 
 
 def _peak_rss_mib() -> float:
