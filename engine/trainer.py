@@ -321,7 +321,6 @@ class Trainer(UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
             if not self.strategy.extended.variable_created_in_scope(getattr(v, "value", v)):
                 raise ValueError(f"variable {v.path if hasattr(v, 'path') else v.name} of model {model.name} was "
                                  "not created under strategy.scope(); build the model inside it")
-        first_replica = tf.VariableAggregation.ONLY_FIRST_REPLICA
         with self.strategy.scope():
             if len(self.optimizers) == 1 and not self.optimizer.built:
                 self.optimizer.build(model.trainable_variables)
@@ -338,12 +337,8 @@ class Trainer(UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
                             aggregation=tf.VariableAggregation.SUM)
                 for v in model.trainable_variables] if self.accumulation_steps > 1 else []
             # Exponential moving average of the float weights (trainable and BatchNorm statistics).
-            self._ema_pairs = [(v, tf.Variable(tf.convert_to_tensor(v), trainable=False, name="ema",
-                                               aggregation=first_replica))
-                               for v in self._averaged_weights()] if self.ema_decay else []
-            self._slow_pairs = [(v, tf.Variable(tf.convert_to_tensor(v), trainable=False, name="lookahead_slow",
-                                                aggregation=first_replica))
-                                for v in self._averaged_weights()] if self.lookahead else []
+            self._ema_pairs = self._weight_copies("ema") if self.ema_decay else []
+            self._slow_pairs = self._weight_copies("lookahead_slow") if self.lookahead else []
         if self.checkpointer:
             if self._accumulators:
                 self.checkpointer.checkpoint.grad_accumulators = list(self._accumulators)

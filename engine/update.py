@@ -154,9 +154,16 @@ class UpdateMixin:
         for acc in self._accumulators:
             acc.assign(tf.zeros_like(acc))
 
-    def _averaged_weights(self):
-        """The model weights the moving average covers: every float variable."""
-        return [v for v in self.model.weights if tf.as_dtype(v.dtype).is_floating]
+    def _weight_copies(self, name: str) -> list[tuple[keras.Variable, tf.Variable]]:
+        """(weight, copy) for every float model weight (trainable and BatchNorm statistics).
+
+        The copies (the EMA's shadows, Lookahead's slow weights) start equal to the
+        weights and are one per model, not per replica (ONLY_FIRST_REPLICA): every
+        replica holds the same weights. Call under the strategy's scope.
+        """
+        return [(v, tf.Variable(tf.convert_to_tensor(v), trainable=False, name=name,
+                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA))
+                for v in self.model.weights if tf.as_dtype(v.dtype).is_floating]
 
     def _updates_applied(self) -> tf.Tensor:
         """int64: updates applied by all optimizers so far (their iterations, summed)."""
