@@ -24,7 +24,11 @@ the bare loop with the same kernels, so the second ratio is the engine's
 overhead). The line before it gives the overhead with Keras's BatchNorm on both
 sides and what the fused kernel alone changes.
 With --memory, the trainer and fit also run alone, each in a fresh process, and
-print their peak resident memory. --precision=bfloat16 sets the mixed_bfloat16
+print their peak resident memory. With --profile_dir, one more round of the
+trainer and of the hand loop runs under the TensorFlow profiler and their op
+self time per step is printed side by side (where the Trainer's extra time
+goes). --peak_flops only measures the matmul and convolution FLOP/s that
+TensorFlow's kernels reach here (the ceiling for a step's FLOP rate). --precision=bfloat16 sets the mixed_bfloat16
 policy for every contestant.
 """
 
@@ -51,6 +55,9 @@ flags.DEFINE_bool("xla", False, "Also run the Trainer (jit_compile=True) and Ker
                   "XLA.")
 flags.DEFINE_bool("peak_flops", False, "Only measure this CPU's attainable FLOP/s: a 4096^3 matmul and airbench's "
                   "largest convolution (batch 256, 15x15x256 -> 256, 3x3) in float32 and bfloat16; print and exit.")
+flags.DEFINE_string("profile_dir", None, "After the rounds, profile one more round of the trainer and of the "
+                    "hand loop (same fused BatchNorm) into <dir>/trainer and <dir>/hand_loop and print their op "
+                    "time per step side by side (engine/profiling.py).")
 flags.DEFINE_bool("memory", False, "Also run the trainer and Keras fit each alone in a fresh process and print "
                   "their peak resident memory (VmHWM).")
 FLAGS = flags.FLAGS
@@ -218,8 +225,40 @@ def main(argv: list[str]) -> None:
           f"fused kernel alone: bare/bare Keras BN={results['bare loop'] / results['bare loop, Keras BN']:.3f}")
     print(f"trainer/hand loop={results['trainer'] / results['hand loop']:.3f} (both on the fused BatchNorm kernel), "
           f"{results['trainer, Keras BN'] / results['hand loop, Keras BN']:.3f} (both on Keras's BatchNorm)")
+    if FLAGS.profile_dir:
+        from engine import profiling
+
+        summaries = {}
+        for name, folder in (("trainer", "trainer"), ("hand loop", "hand_loop")):
+            logdir = os.path.join(FLAGS.profile_dir, folder)
+            tf.profiler.experimental.start(logdir)
+            contestants[name]()
+            tf.profiler.experimental.stop()
+            summaries[name] = profiling.summarize(logdir)
+        print(compare_profiles(summaries["trainer"], summaries["hand loop"], steps))
     print(f"trainer/fit={results['trainer'] / results['keras fit']:.3f} "
           f"trainer/bare={results['trainer'] / results['bare loop']:.3f}")
+
+
+def compare_profiles(trainer, hand, steps: int, top: int = 15) -> str:
+    """Op self time per step of two profiled rounds side by side, largest difference first.
+
+    Args:
+      trainer, hand: engine.profiling.ProfileSummary of the trainer's and the hand loop's round.
+      steps: steps in each round.
+      top: op types to list.
+    """
+    a = {t.op_type: t.seconds for t in trainer.by_type}
+    b = {t.op_type: t.seconds for t in hand.by_type}
+    rows = sorted(set(a) | set(b), key=lambda k: -abs(a.get(k, 0.0) - b.get(k, 0.0)))
+    lines = [f"profile, ms per step ({steps} steps each): span trainer {trainer.span_seconds * 1e3 / steps:.2f}, "
+             f"hand loop {hand.span_seconds * 1e3 / steps:.2f}; op self time over all threads trainer "
+             f"{trainer.op_seconds * 1e3 / steps:.2f}, hand loop {hand.op_seconds * 1e3 / steps:.2f}",
+             f"  {'op type':34s} {'trainer':>9s} {'hand':>9s} {'diff':>9s}"]
+    for k in rows[:top]:
+        ta, tb = a.get(k, 0.0) * 1e3 / steps, b.get(k, 0.0) * 1e3 / steps
+        lines.append(f"  {k:34s} {ta:9.3f} {tb:9.3f} {ta - tb:+9.3f}")
+    return "\n".join(lines)
 
 
 def peak_flops(reps: int = 5) -> list[str]:
