@@ -3,7 +3,7 @@
 Gradient accumulation, the non-finite guard agreed across replicas, the
 LossScaleOptimizer's unscaling and overflow skip, Lookahead's slow weights and
 the exponential moving average of the weights. Any custom `train_step` that
-calls `apply_gradients` keeps all of them; engine/trainer.py raises at the
+calls `apply_gradients` keeps all of them; engine/loops.py raises at the
 first trace of a step that bypasses it while one of them is on.
 """
 
