@@ -143,3 +143,31 @@ def summarize(path_or_logdir: str) -> ProfileSummary:
     by_type = tuple(sorted((OpTypeTime(t, max(s, 0.0), counts[t]) for t, s in seconds.items()),
                            key=lambda t: -t.seconds))
     return ProfileSummary(path, (last - first) * 1e-12, sum(t.seconds for t in by_type), by_type)
+
+
+def compare(a: ProfileSummary, b: ProfileSummary, steps: int, *, names: tuple[str, str] = ("a", "b"),
+            top: int = 15) -> str:
+    """Op self time per step of two traces side by side, the largest difference first.
+
+    Args:
+      a, b: summaries of two runs of `steps` steps each (e.g. the Trainer and a hand loop).
+      steps: steps in each trace, > 0.
+      names: column names of a and b.
+      top: op types to list.
+
+    Returns:
+      Text: a line of spans and op time per step (ms), a header, then one line per
+      op type: ms per step in a, in b, and a - b.
+    """
+    ta = {t.op_type: t.seconds for t in a.by_type}
+    tb = {t.op_type: t.seconds for t in b.by_type}
+    rows = sorted(set(ta) | set(tb), key=lambda k: (-abs(ta.get(k, 0.0) - tb.get(k, 0.0)), k))
+    ms = 1e3 / steps
+    lines = [f"profile, ms per step ({steps} steps each): span {names[0]} {a.span_seconds * ms:.2f}, "
+             f"{names[1]} {b.span_seconds * ms:.2f}; op self time over all threads {names[0]} "
+             f"{a.op_seconds * ms:.2f}, {names[1]} {b.op_seconds * ms:.2f}",
+             f"  {'op type':34s} {names[0]:>10s} {names[1]:>10s} {'diff':>9s}"]
+    for k in rows[:top]:
+        x, y = ta.get(k, 0.0) * ms, tb.get(k, 0.0) * ms
+        lines.append(f"  {k:34s} {x:10.3f} {y:10.3f} {x - y:+9.3f}")
+    return "\n".join(lines)

@@ -235,30 +235,9 @@ def main(argv: list[str]) -> None:
             contestants[name]()
             tf.profiler.experimental.stop()
             summaries[name] = profiling.summarize(logdir)
-        print(compare_profiles(summaries["trainer"], summaries["hand loop"], steps))
+        print(profiling.compare(summaries["trainer"], summaries["hand loop"], steps, names=("trainer", "hand loop")))
     print(f"trainer/fit={results['trainer'] / results['keras fit']:.3f} "
           f"trainer/bare={results['trainer'] / results['bare loop']:.3f}")
-
-
-def compare_profiles(trainer, hand, steps: int, top: int = 15) -> str:
-    """Op self time per step of two profiled rounds side by side, largest difference first.
-
-    Args:
-      trainer, hand: engine.profiling.ProfileSummary of the trainer's and the hand loop's round.
-      steps: steps in each round.
-      top: op types to list.
-    """
-    a = {t.op_type: t.seconds for t in trainer.by_type}
-    b = {t.op_type: t.seconds for t in hand.by_type}
-    rows = sorted(set(a) | set(b), key=lambda k: -abs(a.get(k, 0.0) - b.get(k, 0.0)))
-    lines = [f"profile, ms per step ({steps} steps each): span trainer {trainer.span_seconds * 1e3 / steps:.2f}, "
-             f"hand loop {hand.span_seconds * 1e3 / steps:.2f}; op self time over all threads trainer "
-             f"{trainer.op_seconds * 1e3 / steps:.2f}, hand loop {hand.op_seconds * 1e3 / steps:.2f}",
-             f"  {'op type':34s} {'trainer':>9s} {'hand':>9s} {'diff':>9s}"]
-    for k in rows[:top]:
-        ta, tb = a.get(k, 0.0) * 1e3 / steps, b.get(k, 0.0) * 1e3 / steps
-        lines.append(f"  {k:34s} {ta:9.3f} {tb:9.3f} {ta - tb:+9.3f}")
-    return "\n".join(lines)
 
 
 def peak_flops(reps: int = 5) -> list[str]:

@@ -58,3 +58,18 @@ def test_a_directory_without_a_trace_and_a_file_that_is_not_one_are_named(tmp_pa
     empty = _trace(tmp_path / "y.xplane.pb", {"/host:CPU": [(0, [("ThreadpoolListener::Record", 0, 5)])]})
     with pytest.raises(ValueError, match="holds no TensorFlow op"):
         profiling.summarize(empty)
+
+
+def test_compare_lists_per_step_times_largest_difference_first(tmp_path):
+    ms = 10**9  # ps
+    a = profiling.summarize(_trace(tmp_path / "a.xplane.pb", {"/host:CPU": [(0, [
+        ("x:Conv2D", 0, 40 * ms), ("y:All", 40 * ms, 6 * ms), ("z:Mul", 46 * ms, 4 * ms)])]}))
+    b = profiling.summarize(_trace(tmp_path / "b.xplane.pb", {"/host:CPU": [(0, [
+        ("x:Conv2D", 0, 42 * ms), ("z:Mul", 42 * ms, 4 * ms)])]}))
+    text = profiling.compare(a, b, steps=2, names=("trainer", "hand loop"))
+    lines = text.splitlines()
+    assert lines[0].startswith("profile, ms per step (2 steps each): span trainer 25.00, hand loop 23.00")
+    rows = [line.split() for line in lines[2:]]
+    # All is only in a (+3 ms per step), Conv2D 1 ms per step less in a, Mul equal.
+    assert rows == [["All", "3.000", "0.000", "+3.000"], ["Conv2D", "20.000", "21.000", "-1.000"],
+                    ["Mul", "2.000", "2.000", "+0.000"]]
