@@ -276,6 +276,8 @@ class Profiler:
     def _report(self, trainer, stop: int) -> None:
         """Says where the trace went and its top op types by self time (engine/profiling.py)."""
         trainer.say(f"profiled steps {self.start}-{stop} into {self.logdir}")
+        if not trainer.is_chief:  # Only the chief prints; other workers need not read the trace.
+            return
         try:
             summary = profiling.summarize(self.logdir)
         except (OSError, ValueError) as e:  # A trace the profiler could not write is not fatal to training.
