@@ -235,7 +235,7 @@ class Profiler:
     Args:
       logdir: usually <model_dir>/train.
       start, stop: global steps, 0 <= start < stop.
-      top: op types to print (0: only the trace's path).
+      top: op types to print (0: say only the trace's path; no summary is kept).
     """
 
     def __init__(self, logdir: str, start: int, stop: int, top: int = 12):
@@ -276,7 +276,7 @@ class Profiler:
     def _report(self, trainer, stop: int) -> None:
         """Says where the trace went and its top op types by self time (engine/profiling.py)."""
         trainer.say(f"profiled steps {self.start}-{stop} into {self.logdir}")
-        if not trainer.is_chief:  # Only the chief prints; other workers need not read the trace.
+        if not trainer.is_chief or not self.top:  # Other workers need not read the trace.
             return
         try:
             summary = profiling.summarize(self.logdir)

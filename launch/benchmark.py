@@ -28,8 +28,8 @@ print their peak resident memory. With --profile_dir, one more round of the
 trainer and of the hand loop runs under the TensorFlow profiler and their op
 self time per step is printed side by side (where the Trainer's extra time
 goes). --peak_flops only measures the matmul and convolution FLOP/s that
-TensorFlow's kernels reach here (the ceiling for a step's FLOP rate). --precision=bfloat16 sets the mixed_bfloat16
-policy for every contestant.
+TensorFlow's kernels reach here (the ceiling for a step's FLOP rate).
+--precision=bfloat16 sets the mixed_bfloat16 policy for every contestant.
 """
 
 from __future__ import annotations
