@@ -49,11 +49,6 @@ class ProfileSummary:
     op_seconds: float
     by_type: tuple[OpTypeTime, ...]
 
-    def seconds_of(self, *op_types: str) -> float:
-        """Summed self time of the given op types (s); unknown types count 0."""
-        wanted = set(op_types)
-        return sum(t.seconds for t in self.by_type if t.op_type in wanted)
-
     def table(self, top: int = 20, steps: int | None = None) -> str:
         """The `top` op types as text lines: type, ms (per step when `steps` is given), share, count."""
         per = f" per step ({steps} steps)" if steps else ""
