@@ -32,10 +32,13 @@ class Controller:
       train_input: an EpochInput or DatasetInput.
       eval_data: finite tf.data.Dataset of global batches, or None.
       total: steps to train to, counted from step 0.
+      eval_every_epochs: evaluate at the end of epochs 1 x N, 2 x N, ... (counted from
+        step 0, so a resumed run evaluates at the same epochs) and at `total`.
     """
 
-    def __init__(self, trainer, train_input, eval_data, total: int):
+    def __init__(self, trainer, train_input, eval_data, total: int, eval_every_epochs: int = 1):
         self.trainer, self.train_input, self.eval_data, self.total = trainer, train_input, eval_data, total
+        self.eval_every_epochs = eval_every_epochs
         self.steps_per_epoch = train_input.steps_per_epoch
         self.num_epochs = math.ceil(total / self.steps_per_epoch)
         self.history: dict[str, list[float]] = {}
@@ -59,6 +62,7 @@ class Controller:
                 and t.checkpointer.latest is None:
             t._save(step)  # A rollback needs a checkpoint to go back to.
         t.stopped_by, t._stop_reason = None, None
+        t._evaluates = self.eval_data is not None  # Epoch-end hooks tell a skipped evaluation from none.
         t._call_hooks("train_begin")
         # A signal to one worker must not stop its loop alone (the others would wait
         # in a collective forever), so multi-worker runs leave signals as they are.
@@ -211,10 +215,13 @@ class Controller:
         if "input_wait_percent" in logs and timing.time:  # Over the whole epoch (first loop included).
             logs["input_wait_percent"] = 100.0 * timing.wait / timing.time
         logs.update(step=step, epoch=step / self.steps_per_epoch)
-        if self.eval_data is not None:
+        if self.eval_data is not None and ((epoch + 1) % self.eval_every_epochs == 0 or step >= self.total):
             logs.update({f"eval_{k}": v for k, v in t._evaluate_and_log(self.eval_data, step).items()})
-        for name, value in logs.items():
-            self.history.setdefault(name, []).append(value)
+        # One value per epoch end in every list: NaN where a metric was not computed
+        # (the eval metrics between evaluations), so the lists stay aligned with "step".
+        rows = len(self.history.get("step", []))
+        for name in {*self.history, *logs}:
+            self.history.setdefault(name, [math.nan] * rows).append(logs.get(name, math.nan))
         self.say(f"epoch {epoch + 1}/{self.num_epochs} step {step}: " +
                  " ".join(f"{k}={format_value(v)}" for k, v in logs.items() if k not in ("step", "epoch")))
         t._call_hooks("epoch_end", logs)

@@ -48,12 +48,23 @@ _BEST_WEIGHTS = "early_stopping/step-{step}"
 
 
 
+def _not_evaluated(metric: str, trainer, logs: dict) -> bool:
+    """True for an eval metric at an epoch end that fit's eval_every_epochs left without evaluation.
+
+    A run without eval data is not such a case: its hooks raise, as the metric never comes.
+    """
+    return metric.startswith("eval_") and getattr(trainer, "_evaluates", False) and \
+        not any(k.startswith("eval_") for k in logs)
+
+
 class EarlyStopping:
     """Stops training when an epoch-end metric stops improving; can restore the best weights.
 
     Args:
       metric: a key of the epoch-end logs, e.g. "eval_loss" or "eval_accuracy".
-      patience: epochs without improvement before stopping, >= 1.
+      patience: epochs without improvement before stopping, >= 1. For an eval
+        metric, epochs without an evaluation (fit's eval_every_epochs) do not
+        count: patience is then in evaluations.
       min_delta: the smallest change that counts as an improvement.
       mode: "min" or "max"; default "min" for names ending in "loss", else "max".
       restore_best: on stopping, set the model's weights to those of the best
@@ -90,6 +101,8 @@ class EarlyStopping:
         self.best, self.best_step, self.wait = state["best"], state["best_step"], state["wait"]
 
     def on_epoch_end(self, trainer, logs):
+        if _not_evaluated(self.metric, trainer, logs):
+            return
         if self.metric not in logs:
             raise KeyError(f"early stopping metric {self.metric!r} is not logged; logged: {', '.join(sorted(logs))}")
         value = logs[self.metric]
@@ -132,7 +145,8 @@ class ReduceLROnPlateau:
 
     Args:
       metric, mode, min_delta: as EarlyStopping.
-      patience: epochs without improvement before each reduction.
+      patience: epochs without improvement before each reduction (evaluations,
+        for an eval metric: see EarlyStopping).
       factor: in (0, 1).
       min_scale: do not scale the learning rate below this fraction of the schedule.
     """
@@ -156,6 +170,10 @@ class ReduceLROnPlateau:
         self.best, self.wait = state["best"], state["wait"]
 
     def on_epoch_end(self, trainer, logs):
+        if _not_evaluated(self.metric, trainer, logs):
+            return
+        if self.metric not in logs:
+            raise KeyError(f"plateau metric {self.metric!r} is not logged; logged: {', '.join(sorted(logs))}")
         value = logs[self.metric]
         if is_better(self.mode, value, self.best, self.min_delta):
             self.best, self.wait = value, 0

@@ -428,10 +428,12 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
         *,
         epochs: float | None = None,
         train_steps: int | None = None,
+        eval_every_epochs: int = 1,
     ) -> dict[str, list[float]]:
         """Trains to `train_steps` (or `epochs`) total steps, resuming from model_dir.
 
-        Evaluates on `eval_data` after every epoch and at the end, checkpoints at
+        Evaluates on `eval_data` after every epoch (or every `eval_every_epochs`-th)
+        and at the end, checkpoints at
         each epoch end (and every `checkpoint_every_steps`), keeps the best
         checkpoint, and writes summaries to model_dir/train and model_dir/eval.
         On SIGTERM or SIGINT it finishes the current step, checkpoints, prints
@@ -444,10 +446,13 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
           epochs: epochs to train in total, counted from step 0 (a resumed run
             does the rest). Ignored when train_steps is given.
           train_steps: steps to train in total; overrides epochs.
+          eval_every_epochs: evaluate only at the end of every N-th epoch (counted
+            from step 0) and at the last step, as Keras's `validation_freq`.
 
         Returns:
-          History: names to lists with one value per evaluation point (epoch ends
-          and the end): "step", "epoch", "learning_rate", "examples_per_second",
+          History: names to lists with one value per epoch end (and one at the end
+          of a run that had nothing left to train); NaN in the eval metrics of the
+          epochs `eval_every_epochs` skips: "step", "epoch", "learning_rate", "examples_per_second",
           "input_wait_percent" (not under op determinism or parameter-server
           training), "nonfinite_steps", the train metrics, and the eval metrics
           prefixed with "eval_". Hooks (see engine/hooks.py) run at train begin,
@@ -455,7 +460,8 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
           with request_stop, which sets `stopped_by` to its reason.
 
         Raises:
-          ValueError: if neither epochs nor train_steps is positive, or the
+          ValueError: if neither epochs nor train_steps is positive, eval_every_epochs
+            is below 1, or the
             checkpoint in model_dir does not fit the model.
           NonFiniteError: after `nonfinite_limit` non-finite steps in a row with
             nonfinite_action="stop", or when a rollback has no checkpoint to go to.
@@ -471,6 +477,8 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
             total = int(round(epochs * steps_per_epoch))
         else:
             raise ValueError(f"epochs={epochs} must be positive (or give train_steps)")
+        if eval_every_epochs < 1:
+            raise ValueError(f"eval_every_epochs={eval_every_epochs} must be at least 1")
         self.build_model(train_input.element_spec)  # Before anything is restored or saved.
         self.restore()
         step = self.global_step
@@ -478,7 +486,7 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
             self.say(f"restored {self.restored_from}: resuming at step {step} (epoch {step // steps_per_epoch + 1}, "
                      f"learning rate {self.learning_rate:.4g})")
         self._announced = True
-        return Controller(self, train_input, eval_data, total).run()
+        return Controller(self, train_input, eval_data, total, int(eval_every_epochs)).run()
 
     # --- Hooks and run control (eager) -------------------------------------------------
 

@@ -248,6 +248,9 @@ class RunConfig(Section):
     checkpoint_every_steps: int | None = setting(200, "Checkpoint every this many steps, and at each epoch end.",
                                                  positive=True)
     keep_checkpoints: int = setting(3, "How many recent checkpoints to keep.", positive=True)
+    eval_every_epochs: int = setting(1, "Evaluate on the test split at the end of every N-th epoch and at the last "
+                                     "step; early stopping and plateau patience then count evaluations.",
+                                     positive=True)
     best_metric: str = setting("eval_accuracy", "Keep the checkpoint with the best value of this eval metric in "
                                "<model_dir>/best (empty: keep none).")
     seed: int = setting(0, "Seed of the initial weights, the shuffle and the augmentation.",

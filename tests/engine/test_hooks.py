@@ -72,6 +72,25 @@ def test_early_stopping_min_delta_and_unknown_metric():
         _trainer(hooks=[hooks_lib.EarlyStopping("nope")]).fit(train, epochs=1)
 
 
+def test_eval_every_epochs_evaluates_every_nth_epoch_and_at_the_end_and_patience_counts_evaluations():
+    train, evaluation = _input()
+    history = _trainer().fit(train, evaluation, epochs=5, eval_every_epochs=2)
+    assert history["step"] == [3, 6, 9, 12, 15]
+    evaluated = [not np.isnan(v) for v in history["eval_loss"]]
+    assert evaluated == [False, True, False, True, True]  # epochs 2 and 4, and the last step
+    assert all(np.isfinite(history["loss"]))
+    # At learning rate 0 the eval loss never improves on its first value: with patience 1
+    # the run stops at the second evaluation (epoch 4), not at the unevaluated epoch 3.
+    trainer = _trainer(lr=0.0, hooks=[hooks_lib.EarlyStopping("eval_loss", patience=1),
+                                      hooks_lib.ReduceLROnPlateau("eval_loss", patience=5)])
+    history = trainer.fit(train, evaluation, epochs=6, eval_every_epochs=2)
+    assert history["step"] == [3, 6, 9, 12] and trainer.stopped_by.startswith("early stopping")
+    with pytest.raises(KeyError, match="'eval_loss' is not logged"):  # No eval data: the metric never comes.
+        _trainer(hooks=[hooks_lib.EarlyStopping("eval_loss")]).fit(train, epochs=1, eval_every_epochs=2)
+    with pytest.raises(ValueError, match="eval_every_epochs=0 must be at least 1"):
+        _trainer().fit(train, evaluation, epochs=1, eval_every_epochs=0)
+
+
 def test_plateau_scales_the_learning_rate_and_the_scale_is_checkpointed(tmp_path):
     plateau = hooks_lib.ReduceLROnPlateau("made_up", factor=0.5, patience=2, mode="min")
     trainer = _trainer(model_dir=str(tmp_path), hooks=[_Feed([1.0, 1.0, 1.0, 0.5, 0.6]), plateau],
