@@ -12,6 +12,7 @@ must be right under distribution and in checkpoints.
 from __future__ import annotations
 
 import keras
+import tensorflow as tf
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "nadam")
 PRECISIONS = ("float32", "bfloat16", "float16")
@@ -63,7 +64,7 @@ def build_optimizer(
     else:
         common["weight_decay"] = weight_decay or None
         if name == "sgd":
-            optimizer = keras.optimizers.SGD(momentum=momentum, nesterov=nesterov, **common)
+            optimizer = SGD(momentum=momentum, nesterov=nesterov, **common)
         elif name == "adam":
             optimizer = keras.optimizers.Adam(**common)
         elif name == "rmsprop":
@@ -73,6 +74,46 @@ def build_optimizer(
     if optimizer.weight_decay:
         optimizer.exclude_from_weight_decay(var_names=list(exclude_from_weight_decay))
     return keras.optimizers.LossScaleOptimizer(optimizer) if loss_scale else optimizer
+
+
+@keras.saving.register_keras_serializable(package="engine")
+class SGD(keras.optimizers.SGD):
+    """Keras's SGD (momentum, Nesterov) with each variable's update in one fused kernel.
+
+    Keras 3 computes SGD's update with separate ops per variable (read, two
+    multiplies, a subtraction, two assignments: about 9 ops, 598 for ResNet-20's
+    65 variables); TensorFlow's ResourceApplyKerasMomentum and
+    ResourceApplyGradientDescent kernels compute the same update in one op:
+    accum = momentum * accum - lr * grad; var += accum (Nesterov: var +=
+    momentum * accum - lr * grad), Keras's own formula. Everything around the
+    update stays Keras's: the sum of gradients over replicas, clipping, decoupled
+    weight decay, its iterations and its checkpointed momentum slots (a checkpoint
+    of keras.optimizers.SGD restores into it and back). Sparse gradients
+    (tf.IndexedSlices) and non-float32 variables take Keras's own update.
+
+    Same arguments as keras.optimizers.SGD. Results equal Keras's to float32
+    rounding (the kernel may fuse a multiply-add), not bit for bit.
+    """
+
+    def update_step(self, gradient, variable, learning_rate):
+        if isinstance(gradient, tf.IndexedSlices) or tf.as_dtype(variable.dtype) != tf.float32:
+            return super().update_step(gradient, variable, learning_rate)
+        lr = tf.cast(learning_rate, tf.float32)
+        gradient = tf.cast(gradient, tf.float32)
+        if self.momentum == 0:
+            tf.raw_ops.ResourceApplyGradientDescent(var=_handle(variable), alpha=lr, delta=gradient)
+            return
+        momentum = self.momentums[self._get_variable_index(variable)]
+        tf.raw_ops.ResourceApplyKerasMomentum(var=_handle(variable), accum=_handle(momentum), lr=lr, grad=gradient,
+                                              momentum=tf.constant(self.momentum, tf.float32),
+                                              use_nesterov=bool(self.nesterov))
+
+
+def _handle(variable) -> tf.Tensor:
+    """The resource handle of a Keras or tf.Variable (this device's copy under a strategy's update)."""
+    if isinstance(variable, keras.Variable):
+        variable = variable.value
+    return variable.handle
 
 
 def set_precision(precision: str) -> None:

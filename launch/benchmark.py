@@ -8,8 +8,10 @@ own). Each contestant gets a fresh model with the same initial weights and a
 warm-up (tracing); then they take turns for `--rounds` rounds of `--steps` timed
 steps, and the median round counts:
   * trainer: engine.Trainer.fit over a tf.data pipeline, steps_per_loop 50, with
-    its defaults (non-finite guard on, BatchNorm on the fused kernel), with the
-    guard off, and with Keras's own BatchNorm computation (fused_batch_norm off);
+    its defaults (non-finite guard on, BatchNorm on the fused kernel, the
+    engine's SGD from build_optimizer, whose update is one fused kernel per
+    variable), with the guard off, with Keras's own BatchNorm computation
+    (fused_batch_norm off), and with keras.optimizers.SGD as the others use;
   * fit: keras Model.fit (jit_compile off, as on CPU) over the same pipeline;
   * bare: a tf.function forward-backward-update step on one constant batch,
     called from Python; once with the Trainer's kernels (engine/batch_norm.py),
@@ -19,7 +21,9 @@ steps, and the median round counts:
     tf.range loop); with the fused kernel and with Keras's BatchNorm, so the
     Trainer is compared with the same BatchNorm on both sides.
 The line `trainer/hand loop=...` gives the Trainer against the hand loop with the same
-BatchNorm. The last line reads `trainer/fit=<ratio> trainer/bare=<ratio>` (Trainer defaults;
+BatchNorm. Every ratio is the median over rounds of that round's ratio (the two
+contestants of a ratio run back to back in each round, so a slow spell of the
+machine moves both). The last line reads `trainer/fit=<ratio> trainer/bare=<ratio>` (Trainer defaults;
 the bare loop with the same kernels, so the second ratio is the engine's
 overhead). The line before it gives the overhead with Keras's BatchNorm on both
 sides and what the fused kernel alone changes.
@@ -47,7 +51,8 @@ from absl import app, flags  # noqa: E402
 flags.DEFINE_string("model", "resnet20", "Network (see models.MODEL_NAMES).")
 flags.DEFINE_integer("steps", 100, "Timed steps per contestant.", lower_bound=10)
 flags.DEFINE_integer("batch_size", 128, "Batch.", lower_bound=1)
-flags.DEFINE_integer("rounds", 3, "Timed rounds per contestant, taken in turns; the median counts.", lower_bound=1)
+flags.DEFINE_integer("rounds", 3, "Timed rounds per contestant, taken in turns; medians of rates and of per-round "
+                     "ratios are printed.", lower_bound=1)
 flags.DEFINE_enum("precision", "float32", ["float32", "bfloat16"], "Compute precision of every contestant.")
 flags.DEFINE_enum("only", None, ["trainer", "fit", "bare"], "Run one contestant alone and print its peak "
                   "resident memory (used by --memory).")
@@ -71,6 +76,7 @@ def main(argv: list[str]) -> None:
 
     import models
     from engine import DatasetInput, GuardOptions, KernelOptions, Trainer, batch_norm, sparse_accuracy
+    from engine.optimizers import build_optimizer
 
     if FLAGS.peak_flops:
         for line in peak_flops():
@@ -99,8 +105,10 @@ def main(argv: list[str]) -> None:
     # Each contestant is set up (and traced) once; then the contestants take turns,
     # FLAGS.rounds times, and the median rate counts: on a shared 2-core machine
     # one round can be disturbed, and the first runs of a process pay one-time costs.
-    def trainer_contestant(guard: bool = True, fused: bool = True, jit: bool = False):
+    def trainer_contestant(guard: bool = True, fused: bool = True, jit: bool = False, keras_sgd: bool = False):
         model, optimizer = fresh()
+        if not keras_sgd:  # The optimizer launch.train builds.
+            optimizer = build_optimizer("sgd", 0.1, momentum=0.9)
         trainer = Trainer(model=model, optimizer=optimizer, loss=loss(), metrics=sparse_accuracy,
                           global_batch_size=batch, steps_per_loop=50,
                           guard=GuardOptions(nonfinite_limit=10 if guard else None), progress=False,
@@ -199,7 +207,8 @@ def main(argv: list[str]) -> None:
         print(f"{FLAGS.only}: {rate:.1f} examples/s, peak_rss_mib={_peak_rss_mib():.0f}")
         return
     contestants = {"trainer": trainer_contestant(), "trainer, guard off": trainer_contestant(guard=False),
-                   "trainer, Keras BN": trainer_contestant(fused=False), "keras fit": fit_contestant(),
+                   "trainer, Keras BN": trainer_contestant(fused=False),
+                   "trainer, Keras SGD": trainer_contestant(keras_sgd=True), "keras fit": fit_contestant(),
                    "bare loop": bare_contestant(), "bare loop, Keras BN": bare_contestant(fused=False),
                    "hand loop": hand_loop_contestant(), "hand loop, Keras BN": hand_loop_contestant(fused=False)}
     if FLAGS.xla:
@@ -209,6 +218,10 @@ def main(argv: list[str]) -> None:
         for name, run in contestants.items():
             rates[name].append(run())
     results = {name: float(np.median(r)) for name, r in rates.items()}
+
+    def ratio(a: str, b: str) -> float:
+        """Median over rounds of a's rate / b's rate in the same round."""
+        return float(np.median(np.array(rates[a]) / np.array(rates[b])))
 
     print(f"{FLAGS.model}, {FLAGS.precision}, batch {batch}, {steps} timed steps x {FLAGS.rounds} rounds "
           f"after {warmup} warm-up steps")
@@ -220,11 +233,12 @@ def main(argv: list[str]) -> None:
                                   f"--batch_size={batch}", f"--model={FLAGS.model}",
                                   f"--precision={FLAGS.precision}"], capture_output=True, text=True, check=True)
             print(f"  alone in a fresh process: {out.stdout.strip().splitlines()[-1]}")
-    print(f"with Keras BatchNorm on both sides: trainer/bare="
-          f"{results['trainer, Keras BN'] / results['bare loop, Keras BN']:.3f}; "
-          f"fused kernel alone: bare/bare Keras BN={results['bare loop'] / results['bare loop, Keras BN']:.3f}")
-    print(f"trainer/hand loop={results['trainer'] / results['hand loop']:.3f} (both on the fused BatchNorm kernel), "
-          f"{results['trainer, Keras BN'] / results['hand loop, Keras BN']:.3f} (both on Keras's BatchNorm)")
+    print(f"with Keras BatchNorm on both sides: trainer/bare={ratio('trainer, Keras BN', 'bare loop, Keras BN'):.3f}; "
+          f"fused kernel alone: bare/bare Keras BN={ratio('bare loop', 'bare loop, Keras BN'):.3f}")
+    print(f"trainer/hand loop={ratio('trainer', 'hand loop'):.3f} (both on the fused BatchNorm kernel), "
+          f"{ratio('trainer, Keras BN', 'hand loop, Keras BN'):.3f} (both on Keras's BatchNorm), "
+          f"{ratio('trainer, Keras SGD', 'hand loop'):.3f} (the Trainer with keras.optimizers.SGD); "
+          f"fused SGD update alone: trainer/trainer Keras SGD={ratio('trainer', 'trainer, Keras SGD'):.3f}")
     if FLAGS.profile_dir:
         from engine import profiling
 
@@ -236,8 +250,7 @@ def main(argv: list[str]) -> None:
             tf.profiler.experimental.stop()
             summaries[name] = profiling.summarize(logdir)
         print(profiling.compare(summaries["trainer"], summaries["hand loop"], steps, names=("trainer", "hand loop")))
-    print(f"trainer/fit={results['trainer'] / results['keras fit']:.3f} "
-          f"trainer/bare={results['trainer'] / results['bare loop']:.3f}")
+    print(f"trainer/fit={ratio('trainer', 'keras fit'):.3f} trainer/bare={ratio('trainer', 'bare loop'):.3f}")
 
 
 def peak_flops(reps: int = 5) -> list[str]:

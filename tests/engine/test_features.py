@@ -218,6 +218,41 @@ def test_nesterov_and_decoupled_weight_decay_change_the_update():
         build_optimizer("lion", 0.1)
 
 
+@pytest.mark.parametrize("replicas", [1, 2], ids=["1-replica", "2-replicas"])
+def test_fused_sgd_equals_keras_sgd_on_every_replica(replicas, two_replicas, tmp_path):
+    from engine.optimizers import SGD
+
+    strategy = two_replicas if replicas == 2 else tf.distribute.get_strategy()
+    x, y = _data()
+    variants = [dict(momentum=0.9), dict(momentum=0.85, nesterov=True), dict(momentum=0.0),
+                dict(momentum=0.9, weight_decay=0.05, global_clipnorm=0.5)]
+    for kwargs in variants:
+        runs = {}
+        for cls in (keras.optimizers.SGD, SGD):
+            trainer = _trainer(strategy, optimizer=lambda: cls(0.1, **kwargs))
+            trainer.fit(_input(x, y, 16), train_steps=4)
+            runs[cls] = trainer
+        keras_run, fused_run = runs[keras.optimizers.SGD], runs[SGD]
+        ops = {n.op for f in fused_run._train_loop._list_all_concrete_functions_for_serialization()
+               for g in [f.graph.as_graph_def()] for fn in g.library.function for n in fn.node_def}
+        assert ("ResourceApplyKerasMomentum" if kwargs["momentum"] else "ResourceApplyGradientDescent") in ops, kwargs
+        pairs = list(zip(keras_run.model.trainable_variables, fused_run.model.trainable_variables))
+        pairs += list(zip(keras_run.optimizer.variables, fused_run.optimizer.variables))  # iterations, momentums
+        assert len(pairs) > len(keras_run.model.trainable_variables)
+        for expected, got in pairs:
+            want = strategy.experimental_local_results(expected.value)[0].numpy()
+            copies = strategy.experimental_local_results(got.value)
+            assert len(copies) == replicas
+            for copy in copies:
+                np.testing.assert_allclose(copy.numpy(), want, rtol=1e-6, atol=1e-7, err_msg=str(kwargs))
+    # Checkpoints of either restore into the other: the same slots under the same names.
+    saved = tf.train.Checkpoint(optimizer=fused_run.optimizer).write(str(tmp_path / "fused_sgd"))
+    fresh = _trainer(strategy, optimizer=lambda: keras.optimizers.SGD(0.1, momentum=0.9))
+    fresh.optimizer.build(fresh.model.trainable_variables)
+    tf.train.Checkpoint(optimizer=fresh.optimizer).read(saved).assert_existing_objects_matched()
+    assert int(fresh.optimizer.iterations.numpy()) == 4
+
+
 def test_retrace_with_a_new_input_signature_warns_with_the_function_and_signature():
     x, y = _data()
     trainer = _trainer()
