@@ -1,7 +1,8 @@
 """Optimizers by name, with decoupled weight decay, global-norm clipping and mixed precision.
 
-Keras 3's optimizers are used as they are (they are well kept; the loop is ours):
-decoupled weight decay is their `weight_decay` argument, which subtracts
+Keras 3's optimizers are used as they are (they are well kept; the loop is ours),
+except that SGD's per-variable update runs as one fused kernel (`SGD` below).
+Decoupled weight decay is their `weight_decay` argument, which subtracts
 learning_rate x weight_decay x variable after each update (Loshchilov & Hutter,
 "Decoupled Weight Decay Regularization", 2019), and clipping by global norm is
 their `global_clipnorm` (Pascanu et al. 2013). Gradient accumulation and the
