@@ -433,9 +433,9 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
         """Trains to `train_steps` (or `epochs`) total steps, resuming from model_dir.
 
         Evaluates on `eval_data` after every epoch (or every `eval_every_epochs`-th)
-        and at the end, checkpoints at
-        each epoch end (and every `checkpoint_every_steps`), keeps the best
-        checkpoint, and writes summaries to model_dir/train and model_dir/eval.
+        and at the end, checkpoints at each epoch end (and every
+        `checkpoint_every_steps`), keeps the best checkpoint, and writes summaries
+        to model_dir/train and model_dir/eval.
         On SIGTERM or SIGINT it finishes the current step, checkpoints, prints
         where, sets `stopped_by` and returns.
 
@@ -451,9 +451,9 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
 
         Returns:
           History: names to lists with one value per epoch end (and one at the end
-          of a run that had nothing left to train); NaN in the eval metrics of the
-          epochs `eval_every_epochs` skips: "step", "epoch", "learning_rate", "examples_per_second",
-          "input_wait_percent" (not under op determinism or parameter-server
+          of a run that had nothing left to train; NaN in the eval metrics of the
+          epochs `eval_every_epochs` skips): "step", "epoch", "learning_rate",
+          "examples_per_second", "input_wait_percent" (not under op determinism or parameter-server
           training), "nonfinite_steps", the train metrics, and the eval metrics
           prefixed with "eval_". Hooks (see engine/hooks.py) run at train begin,
           each loop end, each epoch end and train end; one may end training early
@@ -461,8 +461,7 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
 
         Raises:
           ValueError: if neither epochs nor train_steps is positive, eval_every_epochs
-            is below 1, or the
-            checkpoint in model_dir does not fit the model.
+            is below 1, or the checkpoint in model_dir does not fit the model.
           NonFiniteError: after `nonfinite_limit` non-finite steps in a row with
             nonfinite_action="stop", or when a rollback has no checkpoint to go to.
         """
