@@ -12,7 +12,7 @@ from datasets import in_memory
 from engine import (CheckpointOptions, EpochInput, GuardOptions, Trainer,
                     piecewise_constant_by_epoch, sparse_accuracy)
 from engine.trainer import NonFiniteError
-from tests.engine.test_trainer import GB, N, _data, _small_cnn
+from tests.engine.test_trainer import GB, N, _data, _inputs, _small_cnn
 
 
 class RecordingTrainer(Trainer):
@@ -179,3 +179,31 @@ def test_weights_that_become_nonfinite_are_never_checkpointed(tmp_path):
         trainer.fit(_ids_input(), in_memory.eval_dataset(images, labels % 3, global_batch_size=GB), epochs=3)
     assert not all(np.isfinite(w.numpy()).all() for w in trainer.model.weights)  # it did diverge
     assert _assert_every_checkpoint_finite(str(tmp_path))  # and what it saved before is finite
+
+
+class _InfGradientTrainer(Trainer):
+    """Its first variable's gradient is Inf on replica 0; the loss is not given, so only the gradients are checked."""
+
+    def train_step(self, data):
+        x, y, _ = self.unpack(data)
+        loss, losses, y_pred, grads = self.forward_backward(x, y, None)
+        first = tf.distribute.get_replica_context().replica_id_in_sync_group == 0
+        grads = [tf.where(first, tf.fill(tf.shape(grads[0]), np.float32(np.inf)), grads[0])] + list(grads[1:])
+        self.record_loss(losses, finite=self.apply_gradients(grads, self.model.trainable_variables))
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_a_finite_loss_with_an_inf_gradient_is_skipped_on_every_replica(replicas, two_replicas):
+    strategy = two_replicas if replicas == 2 else tf.distribute.get_strategy()
+    with strategy.scope():
+        model = _small_cnn()
+        optimizer = keras.optimizers.SGD(0.05)
+    trainer = _InfGradientTrainer(model=model, optimizer=optimizer, strategy=strategy, global_batch_size=GB,
+                                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
+                                  progress=False, guard=GuardOptions(nonfinite_limit=10))
+    before = [w.numpy() for w in model.weights]
+    trainer.fit(_inputs(*_data())[0], train_steps=3)
+    assert trainer.nonfinite_steps == 3 and int(optimizer.iterations.numpy()) == 0
+    for a, b in zip(before, model.weights):
+        for value in strategy.experimental_local_results(b.value):
+            np.testing.assert_array_equal(a, value.numpy())  # every replica's copy
