@@ -90,31 +90,39 @@ class SGD(keras.optimizers.SGD):
     update stays Keras's: the sum of gradients over replicas, clipping, decoupled
     weight decay, its iterations and its checkpointed momentum slots (a checkpoint
     of keras.optimizers.SGD restores into it and back). Sparse gradients
-    (tf.IndexedSlices) and non-float32 variables take Keras's own update.
+    (tf.IndexedSlices), non-float32 variables and variables without a resource
+    handle take Keras's own update.
 
     Same arguments as keras.optimizers.SGD. Results equal Keras's to float32
     rounding (the kernel may fuse a multiply-add), not bit for bit.
     """
 
     def update_step(self, gradient, variable, learning_rate):
-        if isinstance(gradient, tf.IndexedSlices) or tf.as_dtype(variable.dtype) != tf.float32:
+        handle = _handle(variable)
+        if handle is None or isinstance(gradient, tf.IndexedSlices) or tf.as_dtype(variable.dtype) != tf.float32:
             return super().update_step(gradient, variable, learning_rate)
         lr = tf.cast(learning_rate, tf.float32)
         gradient = tf.cast(gradient, tf.float32)
         if self.momentum == 0:
-            tf.raw_ops.ResourceApplyGradientDescent(var=_handle(variable), alpha=lr, delta=gradient)
+            tf.raw_ops.ResourceApplyGradientDescent(var=handle, alpha=lr, delta=gradient)
             return
-        momentum = self.momentums[self._get_variable_index(variable)]
-        tf.raw_ops.ResourceApplyKerasMomentum(var=_handle(variable), accum=_handle(momentum), lr=lr, grad=gradient,
+        momentum = _handle(self.momentums[self._get_variable_index(variable)])
+        if momentum is None:
+            return super().update_step(gradient, variable, learning_rate)
+        tf.raw_ops.ResourceApplyKerasMomentum(var=handle, accum=momentum, lr=lr, grad=gradient,
                                               momentum=tf.constant(self.momentum, tf.float32),
                                               use_nesterov=bool(self.nesterov))
 
 
-def _handle(variable) -> tf.Tensor:
-    """The resource handle of a Keras or tf.Variable (this device's copy under a strategy's update)."""
+def _handle(variable) -> tf.Tensor | None:
+    """The resource handle of a Keras or tf.Variable (this device's copy under a strategy's update).
+
+    None for a variable without one (e.g. a ShardedVariable of a parameter-server
+    partitioner), which then takes Keras's own update.
+    """
     if isinstance(variable, keras.Variable):
         variable = variable.value
-    return variable.handle
+    return getattr(variable, "handle", None)
 
 
 def set_precision(precision: str) -> None:

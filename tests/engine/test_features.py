@@ -253,6 +253,16 @@ def test_fused_sgd_equals_keras_sgd_on_every_replica(replicas, two_replicas, tmp
     assert int(fresh.optimizer.iterations.numpy()) == 4
 
 
+def test_fused_sgd_takes_keras_update_for_a_variable_without_a_resource_handle():
+    from tensorflow.python.distribute.sharded_variable import ShardedVariable
+
+    from engine.optimizers import SGD
+
+    # A parameter-server partitioner's ShardedVariable has shards, not one handle.
+    sharded = ShardedVariable([tf.Variable([1.0, 2.0]), tf.Variable([3.0])])
+    SGD(0.5, momentum=0.0).update_step(tf.constant([2.0, 4.0, 6.0]), sharded, 0.5)
+    np.testing.assert_allclose(np.concatenate([v.numpy() for v in sharded.variables]), [0.0, 0.0, 0.0])
+
 def test_retrace_with_a_new_input_signature_warns_with_the_function_and_signature():
     x, y = _data()
     trainer = _trainer()
