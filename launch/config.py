@@ -165,7 +165,9 @@ class ModelConfig(Section):
         "and go on at a lower learning rate.", positive=True)
     finetune_layers: int = setting(20, "Top backbone layers to unfreeze for fine-tuning (BatchNorm stays frozen).",
                                    positive=True)
-    finetune_lr_factor: float = setting(0.1, "Learning-rate factor for the fine-tuning phase.", positive=True)
+    finetune_lr_factor: float = setting(
+        0.1, "Learning-rate factor for the fine-tuning phase: it runs --optimizer (with its flags) at this "
+        "factor x the rate reached at the hand-over, constant.", positive=True)
 
     def check(self):
         if self.resize_to and len(self.resize_to) != 2:

@@ -108,12 +108,16 @@ class Run:
             return history
         model, strategy = self.trainer.model, self.trainer.strategy
         names = transfer.unfreeze_top(self.backbone, config.model.finetune_layers)
-        EpochProgress.write(f"fine-tuning {len(names)} backbone layers ({', '.join(names[-3:])}, ...) at "
-                            f"{config.model.finetune_lr_factor:g} x the learning rate")
         rate = self.schedule(head_steps) if callable(self.schedule) else self.schedule
-        with strategy.scope():
-            optimizer = keras.optimizers.SGD(learning_rate=config.model.finetune_lr_factor * float(rate),
-                                             momentum=config.optimizer.momentum)
+        opt = config.optimizer
+        with strategy.scope():  # The flags' optimizer, at a constant rate: only the rate changes.
+            optimizer = build_optimizer(opt.name, config.model.finetune_lr_factor * float(rate),
+                                        momentum=opt.momentum, nesterov=opt.nesterov,
+                                        weight_decay=opt.decoupled_weight_decay, clip_norm=opt.clip_norm,
+                                        loss_scale=config.compute.precision == "float16")
+        EpochProgress.write(f"fine-tuning {len(names)} backbone layers ({', '.join(names[-3:])}, ...) with "
+                            f"{type(getattr(optimizer, 'inner_optimizer', optimizer)).__name__} at "
+                            f"{config.model.finetune_lr_factor:g} x the learning rate")
         finetune = _trainer(self.task, self.data, config, model, optimizer, strategy, self.trainer.global_batch_size,
                             os.path.join(config.run.model_dir, "finetune"))
         self.last_trainer = finetune

@@ -51,8 +51,8 @@ def test_saved_backbone_with_fine_tuning_from_flags(tiny_cifar, tmp_path):
     models.build("resnet20").save(tmp_path / "pre.keras")
     result = run(command(tiny_cifar, tmp_path / "ft", f"--backbone={tmp_path / 'pre.keras'}",
                          "--backbone_cut=avg_pool", "--epochs=2", "--finetune_after_epochs=1",
-                         "--finetune_layers=10"))
+                         "--finetune_layers=10", "--optimizer=adam"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert re.search(r"\(271,098 parameters, 650 trainable\)", result.stderr)  # only the head at first
-    assert "fine-tuning 2 backbone layers" in result.stderr
+    assert re.search(r"fine-tuning 2 backbone layers .* with Adam at 0.1 x", result.stderr)  # the flags' optimizer
     assert (tmp_path / "ft" / "ckpt-10.index").exists() and (tmp_path / "ft" / "finetune" / "ckpt-10.index").exists()
