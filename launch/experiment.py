@@ -109,12 +109,8 @@ class Run:
         model, strategy = self.trainer.model, self.trainer.strategy
         names = transfer.unfreeze_top(self.backbone, config.model.finetune_layers)
         rate = self.schedule(head_steps) if callable(self.schedule) else self.schedule
-        opt = config.optimizer
         with strategy.scope():  # The flags' optimizer, at a constant rate: only the rate changes.
-            optimizer = build_optimizer(opt.name, config.model.finetune_lr_factor * float(rate),
-                                        momentum=opt.momentum, nesterov=opt.nesterov,
-                                        weight_decay=opt.decoupled_weight_decay, clip_norm=opt.clip_norm,
-                                        loss_scale=config.compute.precision == "float16")
+            optimizer = _optimizer(config, config.model.finetune_lr_factor * float(rate))
         EpochProgress.write(f"fine-tuning {len(names)} backbone layers ({', '.join(names[-3:])}, ...) with "
                             f"{type(getattr(optimizer, 'inner_optimizer', optimizer)).__name__} at "
                             f"{config.model.finetune_lr_factor:g} x the learning rate")
@@ -185,10 +181,7 @@ def prepare(config: TrainConfig) -> Run:
     set_precision(config.compute.precision)
     with strategy.scope():
         model = task.model(config, data)
-        opt = config.optimizer
-        optimizer = build_optimizer(opt.name, schedule, momentum=opt.momentum, nesterov=opt.nesterov,
-                                    weight_decay=opt.decoupled_weight_decay, clip_norm=opt.clip_norm,
-                                    loss_scale=config.compute.precision == "float16")
+        optimizer = _optimizer(config, schedule)
     say(f"model {task.model_label(config, model)} ({model.count_params():,} parameters, "
         f"{sum(int(v.numpy().size) for v in model.trainable_variables):,} trainable), {config.optimizer.name} "
         f"(momentum {config.optimizer.momentum}), {config.schedule.lr_schedule} learning rate "
@@ -204,6 +197,14 @@ def prepare(config: TrainConfig) -> Run:
     backbone = data.runtime.get("backbone")
     return Run(config, trainer, train_input, data.eval_data, backbone=backbone if finetuning else None,
                schedule=schedule, task=task, data=data)
+
+
+def _optimizer(config: TrainConfig, learning_rate) -> keras.optimizers.Optimizer:
+    """The optimizer the flags name (--optimizer and its flags) at `learning_rate`; build it under the scope."""
+    opt = config.optimizer
+    return build_optimizer(opt.name, learning_rate, momentum=opt.momentum, nesterov=opt.nesterov,
+                           weight_decay=opt.decoupled_weight_decay, clip_norm=opt.clip_norm,
+                           loss_scale=config.compute.precision == "float16")
 
 
 def _trainer(task: tasks.Task, data: tasks.TaskData, config: TrainConfig, model, optimizer, strategy,
