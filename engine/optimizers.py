@@ -106,10 +106,8 @@ class SGD(keras.optimizers.SGD):
         if self.momentum == 0:
             tf.raw_ops.ResourceApplyGradientDescent(var=handle, alpha=lr, delta=gradient)
             return
-        momentum = _handle(self.momentums[self._get_variable_index(variable)])
-        if momentum is None:
-            return super().update_step(gradient, variable, learning_rate)
-        tf.raw_ops.ResourceApplyKerasMomentum(var=handle, accum=momentum, lr=lr, grad=gradient,
+        momentum = self.momentums[self._get_variable_index(variable)]  # created like `variable`: a handle too
+        tf.raw_ops.ResourceApplyKerasMomentum(var=handle, accum=_handle(momentum), lr=lr, grad=gradient,
                                               momentum=tf.constant(self.momentum, tf.float32),
                                               use_nesterov=bool(self.nesterov))
 

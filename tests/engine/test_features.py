@@ -263,6 +263,7 @@ def test_fused_sgd_takes_keras_update_for_a_variable_without_a_resource_handle()
     SGD(0.5, momentum=0.0).update_step(tf.constant([2.0, 4.0, 6.0]), sharded, 0.5)
     np.testing.assert_allclose(np.concatenate([v.numpy() for v in sharded.variables]), [0.0, 0.0, 0.0])
 
+
 def test_retrace_with_a_new_input_signature_warns_with_the_function_and_signature():
     x, y = _data()
     trainer = _trainer()
