@@ -1,7 +1,8 @@
 """The outer loop of training, in the spirit of Orbit's Controller: loops of steps, then actions.
 
 `Controller.run` drives a Trainer from its current step to a total: per epoch
-it opens the distributed iterator and the progress bar; per loop it runs the
+it opens the distributed iterator (or goes on with the one a previous run on the
+same input left at this step) and the progress bar; per loop it runs the
 Trainer's compiled loop of up to `steps_per_loop` steps, reads the metrics and
 the timing, then runs the actions between loops in a fixed order:
 
@@ -20,7 +21,7 @@ import contextlib
 import math
 import time
 
-from engine.inputs import retire
+from engine.inputs import hold, retire, take
 from engine.progress import EpochProgress, format_value
 
 
@@ -81,7 +82,13 @@ class Controller:
             self.say(f"already at step {step} of {self.total}: " +
                      " ".join(f"{k}={format_value(v)}" for k, v in logs.items()))
         t._call_hooks("train_end", self.history)
-        retire(iterator)
+        if iterator is not None and step == self.total and step % self.steps_per_epoch and not t.stopped_by \
+                and t._coordinator is None:
+            # Ended inside an epoch: the next fit() from here on the same input goes on
+            # with this iterator instead of rebuilding the pipeline and skipping to the step.
+            hold(t, (self.train_input, step // self.steps_per_epoch, step), iterator)
+        else:
+            retire(iterator)
         return self.history
 
     # --- One epoch ------------------------------------------------------------------
@@ -91,7 +98,9 @@ class Controller:
         t = self.trainer
         epoch, start = divmod(step, self.steps_per_epoch)
         epoch_end = min((epoch + 1) * self.steps_per_epoch, self.total)
-        iterator = iter(self.train_input.distribute(t.strategy, epoch, start, t._coordinator))
+        iterator = take(t, (self.train_input, epoch, start)) if t._coordinator is None else None
+        if iterator is None:
+            iterator = iter(self.train_input.distribute(t.strategy, epoch, start, t._coordinator))
         for metric in t.train_metrics.values():
             metric.reset_state()
         bar = EpochProgress(epoch=epoch, num_epochs=self.num_epochs,

@@ -19,6 +19,7 @@ import queue
 import sys
 import threading
 import time
+import weakref
 from typing import Callable
 
 import tensorflow as tf
@@ -115,9 +116,15 @@ def retire(iterator) -> None:
     (a deletion cut off by the exit aborts the process). Returns None so callers
     can write `it = retire(it)`.
     """
-    global _reaper
     if iterator is None:
         return None
+    _reaper_queue().put(iterator)
+    return None
+
+
+def _reaper_queue() -> queue.SimpleQueue:
+    """The queue of the thread that deletes retired iterators (started on first use)."""
+    global _reaper
     if _reaper is None:
         pending = queue.SimpleQueue()
 
@@ -137,12 +144,75 @@ def retire(iterator) -> None:
         thread.start()
         _reaper = (pending, thread)
         atexit.register(_finish_retiring)
-    _reaper[0].put(iterator)
-    return None
+    return _reaper[0]
 
 
 def _finish_retiring() -> None:
-    """At exit: lets the reaper thread delete what it holds, then stops it."""
+    """At exit: lets the reaper thread delete what it holds (held iterators too), then stops it."""
     pending, thread = _reaper
+    for owner_id in list(_held):
+        pending.put(_held.pop(owner_id)[2])
     pending.put(_REAPER_DONE)
     thread.join(timeout=120)
+
+
+# Iterators kept between runs: id(owner) -> (weak reference to the owner, where the
+# iterator stands, iterator).
+_held: "dict[int, tuple[weakref.ref, tuple, object]]" = {}
+
+
+def hold(owner, position: tuple, iterator) -> None:
+    """Keeps `owner`'s training iterator for its next run, with where it stands.
+
+    A run that ends inside an epoch leaves its iterator at the next step's batch;
+    `take` hands it back to a run that starts there on the same input, so the
+    pipeline is neither rebuilt nor skipped through again (a skip produces every
+    batch it passes) and a shuffled DatasetInput's epoch goes on in the same order.
+    One iterator per owner: holding another retires the first. When the owner is
+    garbage-collected, or at exit, its iterator is retired.
+
+    Args:
+      owner: the object whose runs share the iterator (a Trainer); held weakly.
+      position: (input, epoch, step): the EpochInput or DatasetInput, the epoch
+        and the global step of the iterator's next batch.
+      iterator: the distributed iterator.
+    """
+    release(owner)
+    owner_id = id(owner)
+    _reaper_queue()  # Registers the exit handler that retires held iterators.
+    ref = weakref.ref(owner, lambda _: retire(_held.pop(owner_id, (None, None, None))[2]))
+    _held[owner_id] = (ref, position, iterator)
+
+
+def take(owner, position: tuple):
+    """Returns `owner`'s held iterator if it stands at `position` (see `hold`), else None.
+
+    The held iterator leaves the owner either way; one that stands elsewhere
+    (another input, epoch or step: a restore or rollback moved the step) is retired.
+    """
+    entry = _held.pop(id(owner), None)
+    if entry is None:
+        return None
+    _, held_at, iterator = entry
+    if _same_position(held_at, position):
+        return iterator
+    return retire(iterator)
+
+
+def release(owner) -> None:
+    """Retires `owner`'s held iterator, if any."""
+    entry = _held.pop(id(owner), None)
+    if entry is not None:
+        retire(entry[2])
+
+
+def _same_position(a: tuple, b: tuple) -> bool:
+    """Same (input, epoch, step); the inputs' fields must be the same objects (or equal ints)."""
+    (input_a, *rest_a), (input_b, *rest_b) = a, b
+    if rest_a != rest_b or type(input_a) is not type(input_b):
+        return False
+    for field in dataclasses.fields(input_a):
+        u, v = getattr(input_a, field.name), getattr(input_b, field.name)
+        if u is not v and not (isinstance(u, int) and u == v):
+            return False
+    return True

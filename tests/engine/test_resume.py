@@ -1,7 +1,9 @@
 """Exact resume and the non-finite guard, in process on small data."""
 
+import gc
 import glob
 import os
+import weakref
 
 import keras
 import numpy as np
@@ -9,7 +11,8 @@ import pytest
 import tensorflow as tf
 
 from datasets import in_memory
-from engine import (CheckpointOptions, EpochInput, GuardOptions, Trainer,
+from engine import inputs
+from engine import (CheckpointOptions, DatasetInput, EpochInput, GuardOptions, Trainer,
                     piecewise_constant_by_epoch, sparse_accuracy)
 from engine.trainer import NonFiniteError
 from tests.engine.test_trainer import GB, N, _data, _inputs, _small_cnn
@@ -71,6 +74,61 @@ def test_mid_epoch_resume_uses_every_example_exactly_once(tmp_path):
     epoch1 = first.seen.read_value().numpy() - 1 + second.seen.read_value().numpy()
     # first saw epoch 0 once (all ones) and 4 steps of epoch 1; second the last 2.
     assert epoch1.tolist() == [1] * N
+
+
+@pytest.mark.parametrize("replicas", [1, 2])
+def test_fits_that_end_inside_an_epoch_go_on_with_the_same_iterator(replicas, two_replicas):
+    strategy = two_replicas if replicas == 2 else None
+    trainer = _recording(strategy, steps_per_loop=1)
+    images, _ = _data()
+    produced = tf.Variable(0, dtype=tf.int64)  # examples the pipeline has read
+
+    def count(image, example_id):
+        produced.assign_add(1)
+        return image, example_id
+
+    # One shuffled pass of 6 steps, reshuffled by each new iterator, passed as a
+    # plain tf.data.Dataset (the Trainer wraps it anew on every call).
+    data = tf.data.Dataset.from_tensor_slices((images, np.arange(N, dtype=np.int32))).map(count).shuffle(
+        N, seed=5).batch(GB)
+    for total in (2, 4, 6):
+        trainer.fit(data, train_steps=total)
+    # One epoch in one order: every example once on the replicas together, and the
+    # pipeline read once (a new iterator per fit would reshuffle, skip and re-read).
+    assert trainer.seen.read_value().numpy().tolist() == [1] * N
+    assert int(produced.numpy()) == N and trainer.global_step == 6
+
+
+def test_a_fit_on_another_input_does_not_take_the_held_iterator():
+    trainer = _recording(steps_per_loop=1, num_ids=2 * N)
+    images, _ = _data()
+    ids = np.arange(N, dtype=np.int32)
+    first = DatasetInput(tf.data.Dataset.from_tensor_slices((images, ids)).batch(GB))
+    second = DatasetInput(tf.data.Dataset.from_tensor_slices((images, ids + N)).batch(GB))
+    trainer.fit(first, train_steps=3)
+    trainer.fit(second, train_steps=6)  # steps 3-5 of the second input: its second half
+    half = N // 2
+    assert trainer.seen.read_value().numpy().tolist() == [1] * half + [0] * half + [0] * half + [1] * half
+
+
+def test_a_held_iterator_is_retired_with_its_trainer(monkeypatch):
+    def fit_inside_an_epoch():
+        # In a function of its own: TensorFlow reads its callers' frame locals while
+        # tracing, and such a snapshot would keep the Trainer alive in this frame.
+        trainer = _recording(steps_per_loop=1)
+        images, _ = _data()
+        data = tf.data.Dataset.from_tensor_slices((images, np.arange(N, dtype=np.int32))).batch(GB)
+        trainer.fit(data, train_steps=3)
+        return id(trainer), weakref.ref(trainer)
+
+    owner, trainer = fit_inside_an_epoch()
+    assert owner in inputs._held  # ended inside the epoch
+    held = id(inputs._held[owner][2])
+    retired, retire = [], inputs.retire
+    monkeypatch.setattr(inputs, "retire", lambda it: retired.append(id(it)) or retire(it))
+    gc.collect()
+    assert trainer() is None and owner not in inputs._held
+    assert held in retired  # handed to the background deleter (with any older trainers' iterators)
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
