@@ -439,6 +439,14 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
         On SIGTERM or SIGINT it finishes the current step, checkpoints, prints
         where, sets `stopped_by` and returns.
 
+        A fit that ends inside an epoch keeps its input iterator; the next fit
+        on the same input (the same EpochInput or DatasetInput, or the same
+        tf.data.Dataset object) from that step goes on reading it, as Orbit's
+        trainers keep theirs across `train(num_steps)` calls: the pipeline is
+        not rebuilt and skipped to the step, and a shuffled dataset's epoch
+        goes on in one order. Any other start (another input, a restore or
+        rollback to another step) opens a new iterator at the step.
+
         Args:
           train_input: an EpochInput, a DatasetInput, or a finite tf.data.Dataset of
             global batches (one pass per epoch).
