@@ -93,6 +93,7 @@ def test_fits_that_end_inside_an_epoch_go_on_with_the_same_iterator(replicas, tw
         N, seed=5).batch(GB)
     for total in (2, 4, 6):
         trainer.fit(data, train_steps=total)
+        trainer.evaluate(tf.data.Dataset.from_tensor_slices((images, np.zeros(N, np.int32))).batch(GB))
     # One epoch in one order: every example once on the replicas together, and the
     # pipeline read once (a new iterator per fit would reshuffle, skip and re-read).
     assert trainer.seen.read_value().numpy().tolist() == [1] * N
