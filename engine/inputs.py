@@ -177,10 +177,10 @@ def hold(owner, position: tuple, iterator) -> None:
         and the global step of the iterator's next batch.
       iterator: the distributed iterator.
     """
-    release(owner)
     owner_id = id(owner)
+    _retire_held(owner_id)
     _reaper_queue()  # Registers the exit handler that retires held iterators.
-    ref = weakref.ref(owner, lambda _: retire(_held.pop(owner_id, (None, None, None))[2]))
+    ref = weakref.ref(owner, lambda _: _retire_held(owner_id))
     _held[owner_id] = (ref, position, iterator)
 
 
@@ -199,9 +199,9 @@ def take(owner, position: tuple):
     return retire(iterator)
 
 
-def release(owner) -> None:
-    """Retires `owner`'s held iterator, if any."""
-    entry = _held.pop(id(owner), None)
+def _retire_held(owner_id: int) -> None:
+    """Retires the iterator held for the owner with this id, if any."""
+    entry = _held.pop(owner_id, None)
     if entry is not None:
         retire(entry[2])
 
