@@ -10,7 +10,10 @@ Forms read from `data_dir`, tried in this order:
   2. Class folders `train/<class>/*.jpg|jpeg|png` and `test/<class>/...`; class ids
      are the sorted folder names' positions, as `image_dataset_from_directory` does.
   3. The official python archive: `cifar-10-python.tar.gz`, or its extracted
-     `cifar-10-batches-py/` (pickled `data_batch_1..5`, `test_batch`).
+     `cifar-10-batches-py/` (pickled `data_batch_1..5`, `test_batch`). The
+     pickles are read by an unpickler that builds only what the format holds
+     (dicts, lists, bytes, str, int, numpy arrays) and refuses any other global
+     before it runs; archive members are read in memory, never extracted to disk.
   4. The official binary archive, extracted: `cifar-10-batches-bin/`
      (`data_batch_1..5.bin`, `test_batch.bin`; records of 1 label byte + 3072 pixel
      bytes in channel-major order).
@@ -121,25 +124,97 @@ def _load_keras() -> Cifar10:
     import keras  # Imported here: only this path needs it, and it starts slowly.
 
     try:
-        (x, y), (xt, yt) = keras.datasets.cifar10.load_data()
+        # keras.datasets.cifar10.load_data's download (same cache folder and checksum),
+        # but its pickles are read by this module's safe unpickler, not pickle.load:
+        # the cache can hold files from anywhere.
+        folder = keras.utils.get_file(
+            fname="cifar-10-batches-py-target", origin="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
+            extract=True, file_hash="6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce")
     except Exception as e:  # Network and archive errors come in many types.
         raise ValueError(
             "no --data_dir given, and Keras's CIFAR-10 download into ~/.keras/datasets failed "
             f"({type(e).__name__}: {e}); pass --data_dir=<folder> holding train.csv/test.csv, "
             "train/ and test/ class folders, cifar-10-python.tar.gz, cifar-10-batches-py/ or "
             "cifar-10-batches-bin/") from e
-    return Cifar10(Split(x, y.reshape(-1).astype(np.int32)),
-                   Split(xt, yt.reshape(-1).astype(np.int32)),
-                   "keras.datasets.cifar10 cache")
+    data = _load_python_batches(os.path.join(folder, "cifar-10-batches-py"))
+    return dataclasses.replace(data, source=f"Keras's download cache, {data.source}")
 
 
 # --- The official python archive --------------------------------------------------
 
+# The globals an official CIFAR-10 python batch names: numpy's array and dtype
+# reconstruction (numpy 1 and 2 spell the module differently; protocol 5 pickles
+# use _frombuffer) and, for bytes pickled by Python 3 at protocol 2, _codecs.encode.
+# Each only builds a value; none runs a command, opens a file or imports a module.
+_SAFE_GLOBALS = frozenset({
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+})
+
+
+class UnsafePickleError(ValueError):
+    """A pickle names a global that a CIFAR-10 python batch never holds (it could run code)."""
+
+
+class _MemoryReader:
+    """A file over bytes already in memory whose reads are zero-copy memoryview slices.
+
+    pickle.Unpickler (the C one, kept when only find_class is overridden) reads a
+    file through these methods; over io.BytesIO each read copies, which made a
+    30 MB batch of the official (protocol 2) files load 5-10x slower than
+    pickle.loads (BUILD_NOTES.md, "Files from elsewhere").
+    """
+
+    def __init__(self, raw: bytes):
+        self._raw, self._view, self._pos = raw, memoryview(raw), 0
+
+    def read(self, n: int = -1) -> memoryview:
+        end = len(self._raw) if n is None or n < 0 else min(self._pos + n, len(self._raw))
+        out, self._pos = self._view[self._pos:end], end
+        return out
+
+    def readinto(self, buffer) -> int:
+        n = min(len(buffer), len(self._raw) - self._pos)
+        buffer[:n] = self._view[self._pos:self._pos + n]
+        self._pos += n
+        return n
+
+    def readline(self) -> memoryview:
+        newline = self._raw.find(b"\n", self._pos)
+        return self.read(-1 if newline < 0 else newline + 1 - self._pos)
+
+    def peek(self, n: int = 1) -> memoryview:
+        return self._view[self._pos:self._pos + max(n, 1)]
+
+
+class _BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what the CIFAR-10 python format holds: dicts, lists, bytes,
+    str, int and numpy arrays. Any other global (a function or class the pickle
+    would call to build an object, e.g. `posix.system`) is refused when the
+    unpickler meets its name, before anything calls it."""
+
+    def __init__(self, raw: bytes, where: str):
+        super().__init__(_MemoryReader(raw), encoding="bytes")
+        self._where = where
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in _SAFE_GLOBALS:
+            return super().find_class(module, name)
+        raise UnsafePickleError(
+            f"{self._where}: refused to unpickle: it names the global {module}.{name}, which a CIFAR-10 "
+            "python batch never holds (only dicts, lists, bytes, str, int and numpy arrays); a pickle that "
+            "names it can run code, so nothing of the file was used")
+
+
 def _unpickle_batch(raw: bytes, where: str) -> Split:
     try:
-        batch = pickle.loads(raw, encoding="bytes")
+        batch = _BatchUnpickler(raw, where).load()
         data = np.asarray(batch[b"data"], dtype=np.uint8)
         labels = np.asarray(batch[b"labels"], dtype=np.int32)
+    except UnsafePickleError:
+        raise
     except Exception as e:
         raise ValueError(f"{where} is not a CIFAR-10 python batch ({type(e).__name__}: {e})") from e
     if data.ndim != 2 or data.shape[1] != 3072:

@@ -289,7 +289,8 @@ def load_trained(model_dir: str, checkpoint: str = "latest") -> tuple[keras.Mode
             raise ValueError(f"--model_dir={model_dir} has no {name}: is it a launch.train model_dir?")
     with open(os.path.join(model_dir, RUN_JSON)) as f:
         info = json.load(f)
-    model = keras.models.load_model(os.path.join(model_dir, MODEL_FILE), compile=False)
+    model_file = os.path.join(model_dir, MODEL_FILE)
+    model = transfer.load_trusted_layers(model_file, what=model_file)
     if checkpoint == "latest":
         path = tf.train.latest_checkpoint(model_dir)
     elif checkpoint == "best":

@@ -118,7 +118,7 @@ def saved_backbone(path: str, cut: str | int | None = None) -> keras.Model:
             raise ValueError(f"--backbone={path} is a SavedModel, which cannot be cut at a layer; "
                              "save it as .keras to cut it")
         return keras.Sequential([keras.layers.TFSMLayer(path, call_endpoint="serving_default")])
-    model = keras.models.load_model(path, compile=False)
+    model = load_trusted_layers(path, what=f"--backbone={path}")
     if cut is None:
         return model
     try:
@@ -127,6 +127,33 @@ def saved_backbone(path: str, cut: str | int | None = None) -> keras.Model:
         names = ", ".join(layer.name for layer in model.layers[-5:])
         raise ValueError(f"--backbone_cut={cut!r} is not a layer of {path} (its last layers: {names})") from None
     return keras.Model(model.inputs, layer.output, name=f"{model.name}_to_{layer.name}")
+
+
+def load_trusted_layers(path: str, *, what: str) -> keras.Model:
+    """`keras.models.load_model(path)` in Keras's safe mode, its refusal said in one line.
+
+    A `.keras` or `.h5` file names its layers by class; safe mode builds only
+    Keras's own and registered classes and refuses a Lambda layer's Python
+    bytecode, the one way such a file can carry code. Safe mode is never turned
+    off here: a file from elsewhere runs no code of its own (BUILD_NOTES.md,
+    "Files from elsewhere").
+
+    Args:
+      path: the model file.
+      what: how the message names it, e.g. "--backbone=<path>".
+
+    Raises:
+      ValueError: naming `what`, if the file holds Python code that safe mode refuses.
+    """
+    try:
+        return keras.models.load_model(path, compile=False, safe_mode=True)
+    except ValueError as e:
+        if "safe_mode" not in str(e):
+            raise
+        layer = "a Lambda layer" if "Lambda" in str(e) else "an object"
+        raise ValueError(f"{what} holds {layer} with Python code, which Keras's safe mode refuses to load "
+                         "(it could run anything); rebuild that layer in code and save the model without "
+                         "it") from None
 
 
 def parse_cut(text: str | None) -> str | int | None:

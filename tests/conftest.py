@@ -14,6 +14,7 @@ tf.config.set_logical_device_configuration(
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CIFAR10_DIR = os.environ.get("CIFAR10_DIR", os.path.join(REPO, "..", "shared", "data", "cifar10"))
+CIFAR10_BIN_DIR = os.environ.get("CIFAR10_BIN_DIR", os.path.join(REPO, "..", "shared", "data", "cifar10-bin"))
 
 
 @pytest.fixture
@@ -22,6 +23,14 @@ def cifar10_dir():
     if not os.path.isfile(os.path.join(CIFAR10_DIR, "train.csv")):
         pytest.skip(f"real CIFAR-10 not found at {CIFAR10_DIR} (set CIFAR10_DIR)")
     return CIFAR10_DIR
+
+
+@pytest.fixture
+def cifar10_bin_dir():
+    """The shared lossless CIFAR-10 (the official binary layout): the copy for accuracy figures."""
+    if not os.path.isfile(os.path.join(CIFAR10_BIN_DIR, "cifar-10-batches-bin", "test_batch.bin")):
+        pytest.skip(f"lossless CIFAR-10 not found at {CIFAR10_BIN_DIR} (set CIFAR10_BIN_DIR)")
+    return CIFAR10_BIN_DIR
 
 
 @pytest.fixture(scope="session")

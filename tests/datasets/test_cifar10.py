@@ -1,5 +1,6 @@
 """The CIFAR-10 loader reads every official form, made small by the tests themselves."""
 
+import collections
 import os
 import pickle
 import re
@@ -159,12 +160,28 @@ def test_truncated_binary_batch_is_named(tmp_path, arrays):
 def test_failed_download_says_how_to_pass_data_dir(monkeypatch):
     import keras
 
-    def offline():
+    def offline(**kwargs):
         raise OSError("network is unreachable")
 
-    monkeypatch.setattr(keras.datasets.cifar10, "load_data", offline)
+    monkeypatch.setattr(keras.utils, "get_file", offline)
     with pytest.raises(ValueError, match="download.*network is unreachable.*--data_dir"):
         cifar10.load(None)
+
+
+def test_keras_download_cache_is_read_by_the_safe_unpickler(monkeypatch, tmp_path, arrays):
+    import keras
+
+    train, test = arrays
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_python_batches(str(folder), train, test)
+    monkeypatch.setattr(keras.utils, "get_file", lambda **kwargs: str(tmp_path))
+    _assert_same(cifar10.load(None), train, test)
+    marker = tmp_path / "payload_ran"
+    with open(folder / "data_batch_1", "wb") as f:  # a cache someone else filled
+        pickle.dump(_RunsACommand(f"touch {marker}"), f)
+    with pytest.raises(ValueError, match=r"data_batch_1: refused .*\.system"):
+        cifar10.load(None)
+    assert not marker.exists()
 
 
 def test_real_cifar10_layout(cifar10_dir):
@@ -172,3 +189,72 @@ def test_real_cifar10_layout(cifar10_dir):
     assert len(paths) == 10000 and np.bincount(labels).tolist() == [1000] * 10
     images = cifar10.decode_images(paths[:5])
     assert images.shape == (5, 32, 32, 3) and images.dtype == np.uint8
+
+
+class _RunsACommand:
+    """A pickle payload: unpickling it calls os.system(command)."""
+
+    def __init__(self, command):
+        self.command = command
+
+    def __reduce__(self):
+        return os.system, (self.command,)
+
+
+@pytest.mark.parametrize("protocol", [2, pickle.HIGHEST_PROTOCOL])
+def test_a_crafted_python_batch_is_refused_before_its_payload_runs(tmp_path, arrays, protocol):
+    train, test = arrays
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_python_batches(str(folder), train, test)
+    marker = tmp_path / "payload_ran"
+    with open(folder / "data_batch_3", "wb") as f:  # A batch in the middle: the first two load fine.
+        pickle.dump({b"data": _RunsACommand(f"touch {marker}"), b"labels": [0]}, f, protocol=protocol)
+    global_name = re.escape(f"{os.system.__module__}.system")  # posix.system here
+    with pytest.raises(ValueError, match=rf"{re.escape(str(folder / 'data_batch_3'))}: refused .*{global_name}"):
+        cifar10.load(str(folder))
+    assert not marker.exists()
+
+    archive = tmp_path / "arch" / "cifar-10-python.tar.gz"
+    archive.parent.mkdir()
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(folder, arcname="cifar-10-batches-py")
+    with pytest.raises(ValueError, match=rf"{re.escape(str(archive))}:data_batch_3: refused .*{global_name}"):
+        cifar10.load(str(archive.parent))
+    assert not marker.exists()
+    assert sorted(os.listdir(archive.parent)) == ["cifar-10-python.tar.gz"]  # nothing extracted beside it
+
+
+def test_python_batches_in_every_pickle_protocol_still_load(tmp_path, arrays):
+    train, test = arrays
+    for protocol in range(pickle.HIGHEST_PROTOCOL + 1):
+        folder = tmp_path / f"p{protocol}" / "cifar-10-batches-py"
+        folder.mkdir(parents=True)
+        for i in range(5):
+            sl = slice(i * N_PER_BATCH, (i + 1) * N_PER_BATCH)
+            with open(folder / f"data_batch_{i + 1}", "wb") as f:  # the official keys, numpy data, list labels
+                pickle.dump({b"batch_label": b"training batch", b"labels": train.labels[sl].tolist(),
+                             b"data": _chw(train.images[sl]), b"filenames": [b"x.png"] * N_PER_BATCH},
+                            f, protocol=protocol)
+        with open(folder / "test_batch", "wb") as f:
+            pickle.dump({b"labels": test.labels.tolist(), b"data": _chw(test.images)}, f, protocol=protocol)
+        _assert_same(cifar10.load(str(folder)), train, test)
+
+
+def test_a_pickle_naming_an_unknown_class_is_refused_by_name(tmp_path, arrays):
+    train, test = arrays
+    folder = tmp_path / "cifar-10-batches-py"
+    _write_python_batches(str(folder), train, test)
+    with open(folder / "test_batch", "wb") as f:  # collections.OrderedDict: harmless, but not in the format
+        pickle.dump({b"data": _chw(test.images), b"labels": test.labels.tolist(), b"x": collections.OrderedDict()}, f)
+    with pytest.raises(ValueError, match=r"test_batch: refused .*collections\.OrderedDict"):
+        cifar10.load(str(folder))
+
+
+def test_real_lossless_copy_loads_with_its_documented_order_and_statistics(cifar10_bin_dir):
+    data = cifar10.load(cifar10_bin_dir)
+    assert data.train.images.shape == (50000, 32, 32, 3) and data.test.images.shape == (10000, 32, 32, 3)
+    # Record k holds class k mod 10 (the copy's README).
+    np.testing.assert_array_equal(data.train.labels, np.arange(50000) % 10)
+    np.testing.assert_array_equal(data.test.labels, np.arange(10000) % 10)
+    mean = data.train.images.reshape(-1, 3).mean(axis=0) / 255
+    np.testing.assert_allclose(mean, [0.4914, 0.4822, 0.4465], atol=1e-4)
