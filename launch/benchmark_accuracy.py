@@ -29,7 +29,8 @@ import time
 from absl import app, flags
 
 flags.DEFINE_string("recipe", None, "A launch/*.flags recipe with a '# target: <accuracy>% in <minutes> min' line.")
-flags.DEFINE_string("data_dir", "../shared/data/cifar10", "CIFAR-10 folder (see launch.train).")
+flags.DEFINE_string("data_dir", "../shared/data/cifar10-bin", "CIFAR-10 folder (see launch.train); the lossless copy "
+                    "for every accuracy figure.")
 flags.DEFINE_string("work_dir", None, "Where the run's model_dir goes (default: a new temporary folder).")
 flags.DEFINE_list("extra", [], "More launch.train flags, e.g. --extra=--epochs=2 (they override the recipe's).")
 flags.mark_flag_as_required("recipe")
