@@ -8,7 +8,11 @@ from models.airbench import airbench, initialize_whitening
 from models.resnet_cifar import DEPTHS, resnet_cifar
 from models.small import mlp, small_cnn
 
-MODEL_NAMES = (*DEPTHS, "airbench", "small_cnn", "mlp")
+# airbench's networks differ only in their three blocks' widths (airbench93, airbench94
+# = "airbench", airbench95; github.com/KellerJordan/cifar10-airbench, lib_airbench93.py and
+# legacy/airbench95.py).
+AIRBENCH_WIDTHS = {"airbench93": (64, 128, 128), "airbench": (64, 256, 256), "airbench95": (128, 384, 384)}
+MODEL_NAMES = (*DEPTHS, *AIRBENCH_WIDTHS, "small_cnn", "mlp")
 
 
 def build(name: str, *, num_classes: int = 10, input_shape=(32, 32, 3),
@@ -16,7 +20,8 @@ def build(name: str, *, num_classes: int = 10, input_shape=(32, 32, 3),
     """Builds a registered model by name.
 
     Args:
-      name: one of MODEL_NAMES ("resnet20" ... "resnet110", "small_cnn", "mlp").
+      name: one of MODEL_NAMES ("resnet20" ... "resnet110", "airbench93", "airbench"
+        (airbench94's widths), "airbench95", "small_cnn", "mlp").
       num_classes: number of output logits.
       input_shape: (height, width, channels) of one example.
       weight_decay: weight decay of conv and dense kernels (see resnet_cifar).
@@ -30,8 +35,9 @@ def build(name: str, *, num_classes: int = 10, input_shape=(32, 32, 3),
     if name in DEPTHS:
         return resnet_cifar(DEPTHS[name], num_classes=num_classes, input_shape=input_shape,
                             weight_decay=weight_decay)
-    if name == "airbench":
-        return airbench(num_classes=num_classes, input_shape=input_shape, weight_decay=weight_decay)
+    if name in AIRBENCH_WIDTHS:
+        return airbench(num_classes=num_classes, input_shape=input_shape, widths=AIRBENCH_WIDTHS[name],
+                        weight_decay=weight_decay, name=name)
     if name == "small_cnn":
         return small_cnn(num_classes=num_classes, input_shape=input_shape, weight_decay=weight_decay)
     if name == "mlp":
