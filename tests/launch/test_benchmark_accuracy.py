@@ -1,3 +1,4 @@
+import os
 import re
 import sys
 
@@ -10,9 +11,35 @@ from tests.launch.cli import run
 def test_recipes_state_their_targets():
     assert read_target("launch/cifar_85.flags") == (0.85, 10)
     assert read_target("launch/cifar_91.flags") == (0.9125, 60)
-    assert read_target("launch/cifar_94.flags") == (0.94, 120)
+    assert read_target("launch/cifar_93.flags") == (0.93, 10)
+    assert read_target("launch/cifar_94.flags") == (0.94, 15)
+    assert read_target("launch/cifar_95.flags") == (0.95, 60)
     with pytest.raises(ValueError, match=r"--recipe=launch/cifar.flags has no '# target:"):
         read_target("launch/cifar.flags")
+
+
+_PARSE_EVERY_RECIPE = """
+import glob, sys
+from absl import flags
+from launch import flags as launch_flags
+launch_flags.define_train_flags()
+for recipe in sorted(glob.glob("launch/*.flags")):
+    flags.FLAGS.unparse_flags()
+    flags.FLAGS(["train", "--flagfile=" + recipe, "--data_dir=" + sys.argv[1], "--model_dir=" + sys.argv[1] + "/m"])
+    config = launch_flags.config_from_flags()
+    print(recipe, config.model.name, config.run.epochs)
+"""
+
+
+def test_every_recipe_parses_into_a_valid_config(tmp_path):
+    result = run([sys.executable, "-c", _PARSE_EVERY_RECIPE, str(tmp_path)])
+    assert result.returncode == 0, result.stderr[-3000:]
+    parsed = dict(line.split(" ", 1) for line in result.stdout.strip().splitlines())
+    import glob
+    from tests.conftest import REPO
+
+    assert sorted(parsed) == sorted(os.path.relpath(p, REPO) for p in glob.glob(f"{REPO}/launch/*.flags"))
+    assert parsed["launch/cifar_93.flags"] == "airbench93 11.0" and parsed["launch/cifar_95.flags"] == "airbench95 15.0"
 
 
 @pytest.mark.slow
