@@ -20,6 +20,7 @@ from models import transfer
 from engine import (CheckpointOptions, EpochInput, GuardOptions, KernelOptions, LookaheadOptions, Trainer,
                     configure_cpu_devices, create_strategy, distribution)
 from engine import hooks as hooks_lib
+from engine.files import write_atomic
 from engine.optimizers import build_optimizer, set_precision
 from engine.schedules import build_schedule
 from engine.progress import EpochProgress
@@ -267,8 +268,7 @@ def save_run_files(model_dir: str, model: keras.Model, **info) -> None:
     """
     os.makedirs(model_dir, exist_ok=True)
     model.save(os.path.join(model_dir, MODEL_FILE))
-    with open(os.path.join(model_dir, RUN_JSON), "w") as f:
-        json.dump(info, f, indent=1)
+    write_atomic(os.path.join(model_dir, RUN_JSON), json.dumps(info, indent=1) + "\n")
 
 
 def load_trained(model_dir: str, checkpoint: str = "latest") -> tuple[keras.Model, dict, str]:

@@ -4,6 +4,7 @@ import glob
 import os
 import signal
 import threading
+import time
 
 import keras
 import numpy as np
@@ -169,18 +170,25 @@ def test_sigterm_mid_loop_finishes_the_step_checkpoints_and_returns(tmp_path):
     ds = tf.data.Dataset.from_tensor_slices(((images / 255).astype(np.float32), labels)).batch(GB).repeat()
     endless = DatasetInput(ds, steps_per_epoch=1_000_000)  # one compiled loop of 10^6 steps
     trainer = _trainer(model_dir=str(tmp_path), steps_per_loop=1_000_000)
-    real_loop, timers = trainer._train_loop, []
+    real_loop, senders = trainer._train_loop, []
+
+    def signal_after_the_first_step():
+        # Not a fixed delay: on a loaded machine tracing the loop can outlast it.
+        deadline = time.monotonic() + 120
+        while int(trainer.optimizer.iterations.numpy()) < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        os.kill(os.getpid(), signal.SIGTERM)
 
     def loop_with_a_signal(iterator, n):
         # Sent while the compiled loop runs, where no Python handler can run.
-        timers.append(threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)))
-        timers[0].start()
+        senders.append(threading.Thread(target=signal_after_the_first_step))
+        senders[0].start()
         return real_loop(iterator, n)
 
     trainer._train_loop = loop_with_a_signal
     trainer.fit(endless, train_steps=1_000_000)
     step = trainer.global_step
-    assert len(timers) == 1 and trainer.stopped_by == "SIGTERM"
+    assert len(senders) == 1 and trainer.stopped_by == "SIGTERM"
     assert 0 < step < 1_000_000  # stopped inside the loop, after a whole step
     assert trainer.checkpointer.latest.endswith(f"ckpt-{step}")
     assert int(trainer.optimizer.iterations.numpy()) == step  # every started step finished
