@@ -11,7 +11,8 @@ reads
     <recipe>: accuracy=<final eval accuracy> wall=<s> examples/s=<median epoch rate>
     target=<accuracy>% in <minutes> min: holds|misses
 
-and each epoch's test accuracy comes before it. The accuracy is the last epoch's
+and each epoch's training accuracy, and test accuracy where it was evaluated
+(--eval_every_epochs), comes before it. The accuracy is the last epoch's
 (the run's end), not the best one. Exit status 1 if the run fails.
 """
 
@@ -71,9 +72,12 @@ def main(argv: list[str]) -> None:
         sys.exit(f"launch.benchmark_accuracy: error: the run exited with status {result.returncode}")
     with open(os.path.join(model_dir, "history.json")) as f:
         rows = json.load(f)
-    for row in rows:
-        print(f"  epoch {row['epoch']:g}: eval_accuracy={row['eval_accuracy']:.4f} "
+    for row in rows:  # Epochs without an evaluation (--eval_every_epochs) have no eval_accuracy.
+        evaluated = f" eval_accuracy={row['eval_accuracy']:.4f}" if "eval_accuracy" in row else ""
+        print(f"  epoch {row['epoch']:g}:{evaluated} accuracy={row.get('accuracy', float('nan')):.4f} "
               f"examples/s={row.get('examples_per_second', float('nan')):.0f}")
+    if "eval_accuracy" not in rows[-1]:
+        sys.exit("launch.benchmark_accuracy: error: the run's last epoch has no evaluation")
     accuracy = rows[-1]["eval_accuracy"]
     rate = statistics.median(r["examples_per_second"] for r in rows if "examples_per_second" in r)
     holds = accuracy >= accuracy_target and wall <= minutes * 60

@@ -46,11 +46,12 @@ def test_every_recipe_parses_into_a_valid_config(tmp_path):
 def test_benchmark_accuracy_runs_a_recipe_and_judges_it(tiny_cifar, tmp_path):
     recipe = tmp_path / "tiny.flags"
     recipe.write_text("# target: 99% in 30 min\n--model=small_cnn\n--batch_size=32\n--epochs=2\n"
-                      "--steps_per_loop=5\n--best_metric=\n")
+                      "--eval_every_epochs=2\n--steps_per_loop=5\n--best_metric=\n")
     result = run([sys.executable, "-m", "launch.benchmark_accuracy", f"--recipe={recipe}",
                   f"--data_dir={tiny_cifar}", f"--work_dir={tmp_path / 'w'}"])
     assert result.returncode == 0, result.stderr[-3000:]
     lines = result.stdout.strip().splitlines()
+    assert re.match(r"  epoch 1: accuracy=[\d.]+ examples/s=\d+$", lines[1]), lines  # not evaluated
     epochs = [float(m.group(1)) for m in map(re.compile(r"  epoch 2: eval_accuracy=([\d.]+)").match, lines) if m]
     last = re.fullmatch(rf"{re.escape(str(recipe))}: accuracy=([\d.]+) wall=\d+s examples/s=\d+ "
                         r"target=99% in 30 min: (holds|misses)", lines[-1])
