@@ -8,12 +8,21 @@ that datasets.tfrecord, which sources reads through, need not import sources.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING, Sequence
+from typing import Protocol, Sequence
 
 import numpy as np
 
-if TYPE_CHECKING:  # Only the annotation: tfrecord imports this module.
-    from datasets.tfrecord import RecordTable
+
+class Records(Protocol):
+    """What an index needs of streamed records (datasets.tfrecord.RecordTable has it).
+
+    A protocol rather than an import: tfrecord imports this module, not the reverse.
+    """
+
+    offset: np.ndarray  # int64 [N], each record's byte offset in its file
+
+    def subset(self, keep: np.ndarray) -> "Records":
+        """The records at the indices `keep` (int [M])."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +47,7 @@ class ImageIndex:
     class_names: tuple[str, ...]
     origins: Sequence[str]
     encoded: Sequence[bytes] | None = None
-    records: "RecordTable | None" = None
+    records: Records | None = None
 
     def __post_init__(self):
         if not len(self.paths) == len(self.labels) == len(self.origins):
