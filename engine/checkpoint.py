@@ -50,6 +50,7 @@ class Checkpointer:
         self.checkpoint = tf.train.Checkpoint(**trackables)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
         self.scratch_directory = scratch_directory
+        self.last_saved_step: int | None = None  # The step of the checkpoint restored or written last.
 
     @property
     def latest(self) -> str | None:
@@ -86,6 +87,7 @@ class Checkpointer:
             try:
                 status = self.checkpoint.restore(path)
                 status.assert_existing_objects_matched()
+                self.last_saved_step = int(path.rsplit("-", 1)[1])
                 return path
             except _CORRUPT_ERRORS as e:
                 sys.stderr.write(f"warning: checkpoint {path} is unreadable ({_first_line(e)}); "
@@ -113,7 +115,9 @@ class Checkpointer:
         if self.scratch_directory is None:
             previous = self.latest
             try:
-                return self.manager.save(checkpoint_number=step)
+                path = self.manager.save(checkpoint_number=step)
+                self.last_saved_step = step
+                return path
             except (OSError, tf.errors.OpError) as e:
                 # The index file is replaced only after the new files are complete, so
                 # the previous checkpoint is still the newest one listed.
@@ -125,6 +129,7 @@ class Checkpointer:
                     f"previous checkpoint {previous or '(none)'} is kept: free space and rerun to resume") from e
         self.checkpoint.write(os.path.join(self.scratch_directory, f"ckpt-{step}"))
         remove_scratch(self.scratch_directory)
+        self.last_saved_step = step
         return self.latest
 
 
@@ -232,12 +237,8 @@ class CheckpointMixin:
     def _attach_checkpoint_items(self) -> None:
         if self._items_attached or not self.checkpointer:
             return
-        taken = {"model", "optimizer", "optimizers", "step", "nonfinite_steps", "lr_scale", "rollbacks", "ema",
-                 "grad_accumulators", "save_counter"}
-        for name, item in self.checkpoint_items().items():
-            if name in taken:
-                raise ValueError(f"checkpoint_items name {name!r} is taken by the Trainer's own state")
-            setattr(self.checkpointer.checkpoint, name, item)
+        self.state.add_items(self.checkpoint_items())
+        self.state.attach(self.checkpointer.checkpoint)
         self._items_attached = True
 
     def restore(self) -> str | None:
@@ -252,27 +253,28 @@ class CheckpointMixin:
         self._attach_checkpoint_items()
         if self.checkpointer and not self._restored:
             self.restored_from = self.checkpointer.restore_latest()
-            self._last_saved_step = self.global_step if self.restored_from else None
             if self.restored_from:
                 self._restore_hook_state(self.global_step)
         self._restored = True
         return self.restored_from
 
-    def _save(self, step: int) -> str | None:
-        """Checkpoints at `step` unless that step is saved already; returns the path.
+    def save(self, step: int) -> str | None:
+        """Checkpoints at `step` unless that step is saved already; returns the newest path (None without model_dir).
+
+        Every worker of a multi-worker run must call it at the same step; only
+        the chief's checkpoint is kept.
 
         Raises:
           NonFiniteError: if a variable to save is NaN/Inf; nothing is written.
         """
         if not self.checkpointer:
             return None
-        if step != self._last_saved_step:
+        if step != self.checkpointer.last_saved_step:
             if not self.guard.state_finite():
                 raise NonFiniteError(f"checkpoint not written: {self.guard.describe(step)}; the newest finite "
                                      f"checkpoint is {self.checkpointer.latest or 'none'}")
             self.checkpointer.save(step)
-            self._last_saved_step = step
-            self._save_hook_state(step)
+            self.save_hook_state(step)
         return self.checkpointer.latest
 
     def save_weights(self, name: str) -> str | None:

@@ -17,19 +17,66 @@ is eager Python: it decides, the Trainer computes.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 
-from engine.inputs import hold, retire, take
+from typing import Protocol
+
 from engine.progress import EpochProgress, format_value
+
+
+class ControlledTrainer(Protocol):
+    """What the Controller reads and calls; engine.Trainer has it all, a test's fake trainer may too.
+
+    Settings: `is_chief`, `progress`, `steps_per_loop`, `global_batch_size`,
+    `checkpoint_every_steps`, `nonfinite_limit`. State: `global_step`,
+    `nonfinite_steps`, `nonfinite_streak`, `learning_rate`, `hooks` (objects,
+    for their `stop_points(total)`), `stopped_by` (the Controller sets it when
+    it stops a run). Actions it calls, each an object or a method:
+    `guard` (in_streak(), state_finite(), describe(step), rollback(step, where)),
+    `summaries` (scalars(split, logs, step), flush()).
+    """
+
+    is_chief: bool
+    progress: bool
+    steps_per_loop: int
+    global_batch_size: int
+    checkpoint_every_steps: int | None
+    nonfinite_limit: int | None
+    stopped_by: str | None
+    guard: object
+    summaries: object
+
+    global_step: int
+    nonfinite_steps: int
+    nonfinite_streak: int
+    learning_rate: float
+    hooks: tuple
+    signal_received: str | None  # "SIGTERM"/"SIGINT" once one arrived
+    stop_request: str | None  # a hook's request_stop reason
+
+    def begin_run(self, *, evaluates: bool) -> None: ...
+    def stop_signals(self): ...  # context manager
+    def preemption_handler(self): ...  # object with save_checkpoint_if_preempted(), or None
+    def open_iterator(self, train_input, epoch: int, start: int): ...
+    def release_iterator(self, iterator, position: tuple | None = None) -> None: ...
+    def reset_train_metrics(self) -> None: ...
+    def run_loop(self, iterator, num_steps: int) -> dict[str, float]: ...
+    def input_wait_seconds(self) -> float | None: ...
+    def call_hooks(self, event: str, logs=None) -> None: ...
+    def agree(self, flag: bool) -> bool: ...
+    def save(self, step: int) -> str | None: ...
+    def save_hook_state(self, step: int) -> None: ...
+    def evaluate_and_record(self, eval_data, step: int) -> dict[str, float]: ...
+    def say(self, line: str) -> None: ...
 
 
 class Controller:
     """Runs `trainer` to `total` steps over `train_input`, evaluating on `eval_data` at epoch ends.
 
     Args:
-      trainer: an engine.Trainer, its model built and its checkpoint restored.
+      trainer: a ControlledTrainer (an engine.Trainer, its model built and its
+        checkpoint restored).
       train_input: an EpochInput or DatasetInput.
       eval_data: finite tf.data.Dataset of global batches, or None.
       total: steps to train to, counted from step 0.
@@ -37,14 +84,14 @@ class Controller:
         step 0, so a resumed run evaluates at the same epochs) and at `total`.
     """
 
-    def __init__(self, trainer, train_input, eval_data, total: int, eval_every_epochs: int = 1):
+    def __init__(self, trainer: ControlledTrainer, train_input, eval_data, total: int, eval_every_epochs: int = 1):
         self.trainer, self.train_input, self.eval_data, self.total = trainer, train_input, eval_data, total
         self.eval_every_epochs = eval_every_epochs
         self.steps_per_epoch = train_input.steps_per_epoch
         self.num_epochs = math.ceil(total / self.steps_per_epoch)
         self.history: dict[str, list[float]] = {}
-        self.say = EpochProgress.write if trainer.is_chief else (lambda line: None)
-        self.cut_points = sorted({int(p) for h in trainer._hooks if hasattr(h, "stop_points")
+        self.say = trainer.say
+        self.cut_points = sorted({int(p) for h in trainer.hooks if hasattr(h, "stop_points")
                                   for p in h.stop_points(total)})
         self._first_loop = True
         # With a progress bar, the first loops run 1, 2, 4, ... steps, so that the bar
@@ -59,36 +106,30 @@ class Controller:
         """Trains to `total`; returns the history (one value per epoch end, see Trainer.fit)."""
         t = self.trainer
         step = t.global_step
-        if t.nonfinite_limit and t.nonfinite_action == "rollback" and t.checkpointer \
-                and t.checkpointer.latest is None:
-            t._save(step)  # A rollback needs a checkpoint to go back to.
-        t.stopped_by, t._stop_reason = None, None
-        t._evaluates = self.eval_data is not None  # Epoch-end hooks tell a skipped evaluation from none.
-        t._call_hooks("train_begin")
-        # A signal to one worker must not stop its loop alone (the others would wait
-        # in a collective forever), so multi-worker runs leave signals as they are.
-        self.preemption = t._preemption_handler()
+        t.begin_run(evaluates=self.eval_data is not None)
+        t.call_hooks("train_begin")
+        self.preemption = t.preemption_handler()
         iterator = None
-        with (t._stop if not t._multi_worker else contextlib.nullcontext()):
+        with t.stop_signals():
             while step < self.total and not t.stopped_by:
-                iterator = retire(iterator)
+                t.release_iterator(iterator)
                 step, iterator = self._epoch(step)
+
         t.summaries.flush()
         if not self.history and self.eval_data is not None and not t.stopped_by:
             # Nothing left to train: report where the run stands.
-            logs = {f"eval_{k}": v for k, v in t._evaluate_and_log(self.eval_data, step).items()}
+            logs = {f"eval_{k}": v for k, v in t.evaluate_and_record(self.eval_data, step).items()}
             logs.update(step=step, epoch=step / self.steps_per_epoch)
             self.history = {k: [v] for k, v in logs.items()}
             self.say(f"already at step {step} of {self.total}: " +
                      " ".join(f"{k}={format_value(v)}" for k, v in logs.items()))
-        t._call_hooks("train_end", self.history)
-        if iterator is not None and step == self.total and step % self.steps_per_epoch and not t.stopped_by \
-                and t._coordinator is None:
+        t.call_hooks("train_end", self.history)
+        if step == self.total and step % self.steps_per_epoch and not t.stopped_by:
             # Ended inside an epoch: the next fit() from here on the same input goes on
             # with this iterator instead of rebuilding the pipeline and skipping to the step.
-            hold(t, (self.train_input, step // self.steps_per_epoch, step), iterator)
+            t.release_iterator(iterator, (self.train_input, step // self.steps_per_epoch, step))
         else:
-            retire(iterator)
+            t.release_iterator(iterator)
         return self.history
 
     # --- One epoch ------------------------------------------------------------------
@@ -98,11 +139,8 @@ class Controller:
         t = self.trainer
         epoch, start = divmod(step, self.steps_per_epoch)
         epoch_end = min((epoch + 1) * self.steps_per_epoch, self.total)
-        iterator = take(t, (self.train_input, epoch, start)) if t._coordinator is None else None
-        if iterator is None:
-            iterator = iter(self.train_input.distribute(t.strategy, epoch, start, t._coordinator))
-        for metric in t.train_metrics.values():
-            metric.reset_state()
+        iterator = t.open_iterator(self.train_input, epoch, start)
+        t.reset_train_metrics()
         bar = EpochProgress(epoch=epoch, num_epochs=self.num_epochs,
                             total_steps=epoch_end - epoch * self.steps_per_epoch, initial_step=start,
                             enabled=t.progress and t.is_chief)
@@ -141,10 +179,9 @@ class Controller:
         t = self.trainer
         t0 = time.perf_counter()
         skipped_before = t.nonfinite_steps
-        t._run_loop(iterator, n)
-        logs = {name: float(m.result()) for name, m in t.train_metrics.items()}
+        logs = t.run_loop(iterator, n)
         dt = time.perf_counter() - t0  # Reading the metrics waited for the loop.
-        wait = t._take_input_wait()
+        wait = t.input_wait_seconds()
         done, step = t.global_step - step, t.global_step
         if not self._first_loop or step == epoch_end:  # The first loop also traces.
             timing.examples += done * t.global_batch_size
@@ -179,22 +216,22 @@ class Controller:
     def _after_loop(self, logs: dict, step: int, done: int, n: int) -> str | None:
         """The actions between loops; returns "stop", "rollback" or None (go on)."""
         t = self.trainer
-        if t._stop.signal_name or done < n:
-            t.stopped_by = t._stop.signal_name or "signal"
+        if t.signal_received or done < n:
+            t.stopped_by = t.signal_received or "signal"
             return "stop"
-        streak = int(t._nonfinite_streak.numpy())
+        streak = t.nonfinite_streak
         if t.nonfinite_limit and streak >= t.nonfinite_limit:
             t.guard.rollback(step, f"{streak} non-finite steps in a row up to step {step}")
             return "rollback"
-        t._call_hooks("loop_end", dict(logs, step=step))
-        if t._agree(t._stop_reason is not None):
-            t.stopped_by = t._stop_reason or "another worker's hook"
+        t.call_hooks("loop_end", dict(logs, step=step))
+        if t.agree(t.stop_request is not None):
+            t.stopped_by = t.stop_request or "another worker's hook"
             return "stop"
         if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
             if self._rolled_back_on_nonfinite_weights(step):
                 return "rollback"
             if not t.guard.in_streak():
-                t._save(step)
+                t.save(step)
         if self.preemption:  # All workers call it at the same steps, as it requires.
             self.preemption.save_checkpoint_if_preempted()
         return None
@@ -212,8 +249,7 @@ class Controller:
         t = self.trainer
         # Weights in a non-finite streak are finite, but the last steps diverged from
         # them: they would make a poor rollback target. Signals save anyway.
-        path = t._save(step) if t.stopped_by or not t.guard.in_streak() else \
-            (t.checkpointer.latest if t.checkpointer else None)
+        path = t.save(step) if t.stopped_by or not t.guard.in_streak() else t.latest_checkpoint
         if t.stopped_by:
             cause = f"{t.stopped_by} received" if t.stopped_by.startswith("SIG") or t.stopped_by == "signal" \
                 else t.stopped_by
@@ -225,7 +261,7 @@ class Controller:
             logs["input_wait_percent"] = 100.0 * timing.wait / timing.time
         logs.update(step=step, epoch=step / self.steps_per_epoch)
         if self.eval_data is not None and ((epoch + 1) % self.eval_every_epochs == 0 or step >= self.total):
-            logs.update({f"eval_{k}": v for k, v in t._evaluate_and_log(self.eval_data, step).items()})
+            logs.update({f"eval_{k}": v for k, v in t.evaluate_and_record(self.eval_data, step).items()})
         # One value per epoch end in every list: NaN where a metric was not computed
         # (the eval metrics between evaluations), so the lists stay aligned with "step".
         rows = len(self.history.get("step", []))
@@ -233,11 +269,11 @@ class Controller:
             self.history.setdefault(name, [math.nan] * rows).append(logs.get(name, math.nan))
         self.say(f"epoch {epoch + 1}/{self.num_epochs} step {step}: " +
                  " ".join(f"{k}={format_value(v)}" for k, v in logs.items() if k not in ("step", "epoch")))
-        t._call_hooks("epoch_end", logs)
-        t._save_hook_state(step)  # The epoch's checkpoint came before its hooks ran.
-        if t._stop_reason:  # Epoch-end decisions (early stopping) agree: the eval metrics do.
-            t.stopped_by = t._stop_reason
-            self.say(f"{t._stop_reason}: stopped after step {step}; checkpoint {path}")
+        t.call_hooks("epoch_end", logs)
+        t.save_hook_state(step)  # The epoch's checkpoint came before its hooks ran.
+        if t.stop_request:  # Epoch-end decisions (early stopping) agree: the eval metrics do.
+            t.stopped_by = t.stop_request
+            self.say(f"{t.stop_request}: stopped after step {step}; checkpoint {path}")
 
 
 class _EpochTiming:

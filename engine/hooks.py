@@ -53,7 +53,7 @@ def _not_evaluated(metric: str, trainer, logs: dict) -> bool:
 
     A run without eval data is not such a case: its hooks raise, as the metric never comes.
     """
-    return metric.startswith("eval_") and getattr(trainer, "_evaluates", False) and \
+    return metric.startswith("eval_") and getattr(trainer, "evaluates", False) and \
         not any(k.startswith("eval_") for k in logs)
 
 
@@ -389,7 +389,7 @@ class _CallableHook:
 class HooksMixin:
     """The Trainer's hook API: add_hook, request_stop, the on_* methods a subclass may override.
 
-    The controller (engine/controller.py) calls `_call_hooks` at each event; hooks'
+    The controller (engine/controller.py) calls `call_hooks` at each event; hooks'
     own state is saved beside each checkpoint and given back on restore.
     """
 
@@ -405,7 +405,17 @@ class HooksMixin:
 
     def request_stop(self, reason: str) -> None:
         """Ends fit at the next loop or epoch end, with a checkpoint; `stopped_by` becomes `reason`."""
-        self._stop_reason = reason
+        self._stop_request = reason
+
+    @property
+    def stop_request(self) -> str | None:
+        """The reason a hook gave to request_stop in this run, or None."""
+        return self._stop_request
+
+    @property
+    def hooks(self) -> tuple[object, ...]:
+        """The hook objects, in calling order (add more with add_hook)."""
+        return tuple(self._hooks)
 
     def on_train_begin(self) -> None:
         """Subclass hook: before the first step of fit."""
@@ -419,7 +429,8 @@ class HooksMixin:
     def on_train_end(self, history: dict[str, list[float]]) -> None:
         """Subclass hook: when fit returns."""
 
-    def _call_hooks(self, event: str, logs=None) -> None:
+    def call_hooks(self, event: str, logs=None) -> None:
+        """Calls the Trainer's own on_<event>, then each hook's, with logs (none for train_begin)."""
         own = getattr(self, f"on_{event}")
         if event == "train_begin":
             own()
@@ -430,16 +441,16 @@ class HooksMixin:
             if method is not None:
                 method(self) if event == "train_begin" else method(self, logs)
 
-    def _agree(self, flag: bool) -> bool:
+    def agree(self, flag: bool) -> bool:
         """Multi-worker: True if any worker's flag is set, so all stop at the same step."""
-        if not (self._multi_worker and isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)):
+        if not (self.multi_worker and isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)):
             return flag
         value = tf.constant(1.0 if flag else 0.0)
         total = self.strategy.reduce(tf.distribute.ReduceOp.SUM,
                                      self.strategy.run(lambda: tf.identity(value)), axis=None)
         return float(total) > 0
 
-    def _save_hook_state(self, step: int) -> None:
+    def save_hook_state(self, step: int) -> None:
         """Writes the hooks' own state for checkpoint `step` (chief only; see engine/hooks.py)."""
         if self.model_dir and self.is_chief:
             save_hook_state(self._hooks, self.model_dir, step)

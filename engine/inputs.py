@@ -16,10 +16,7 @@ from __future__ import annotations
 import atexit
 import dataclasses
 import queue
-import sys
 import threading
-import time
-import weakref
 from typing import Callable
 
 import tensorflow as tf
@@ -104,6 +101,10 @@ class DatasetInput:
 
 _reaper: "tuple[queue.SimpleQueue, threading.Thread] | None" = None
 _REAPER_DONE = object()
+_exiting = False
+# How long the deleting thread keeps a retired iterator before dropping it: the
+# caller's own reference (`it = retire(it)`) is gone microseconds after the call.
+_HANDOFF_SECONDS = 1.0
 
 
 def retire(iterator) -> None:
@@ -112,11 +113,14 @@ def retire(iterator) -> None:
     Deleting a used tf.data iterator blocks for seconds here (2.7-3.9 s for an
     exhausted epoch iterator, about 16 s for an endless one; TF 2.21, see
     BUILD_NOTES.md), without using the CPU; on a background thread the next loop
-    runs meanwhile. At interpreter exit the thread finishes its deletions first
-    (a deletion cut off by the exit aborts the process). Returns None so callers
-    can write `it = retire(it)`.
+    runs meanwhile. The thread keeps each iterator `_HANDOFF_SECONDS` (or until
+    the next one comes) before dropping it, so that the caller, who passes the
+    iterator and then drops its own reference, is not the one left deleting it.
+    At interpreter exit the thread finishes its deletions first (a deletion cut
+    off by the exit aborts the process); an iterator retired after that is
+    deleted by its caller. Returns None so callers can write `it = retire(it)`.
     """
-    if iterator is None:
+    if iterator is None or _exiting:
         return None
     _reaper_queue().put(iterator)
     return None
@@ -129,15 +133,17 @@ def _reaper_queue() -> queue.SimpleQueue:
         pending = queue.SimpleQueue()
 
         def reap():
+            kept = []
             while True:
-                item = pending.get()
+                try:
+                    item = pending.get(timeout=_HANDOFF_SECONDS if kept else None)
+                except queue.Empty:
+                    kept.clear()  # Deleted here, on this thread.
+                    continue
                 if item is _REAPER_DONE:
+                    kept.clear()
                     return
-                # Wait until the caller has dropped its own reference, so the slow
-                # deletion happens here and not in the caller's thread.
-                deadline = time.monotonic() + 60
-                while sys.getrefcount(item) > 2 and time.monotonic() < deadline:
-                    time.sleep(0.01)
+                kept.append(item)
                 del item
 
         thread = threading.Thread(target=reap, name="iterator-reaper", daemon=True)
@@ -148,65 +154,15 @@ def _reaper_queue() -> queue.SimpleQueue:
 
 
 def _finish_retiring() -> None:
-    """At exit: lets the reaper thread delete what it holds (held iterators too), then stops it."""
+    """At exit: lets the reaper thread delete what it holds, then stops it."""
+    global _exiting
+    _exiting = True
     pending, thread = _reaper
-    for owner_id in list(_held):
-        pending.put(_held.pop(owner_id)[2])
     pending.put(_REAPER_DONE)
     thread.join(timeout=120)
 
 
-# Iterators kept between runs: id(owner) -> (weak reference to the owner, where the
-# iterator stands, iterator).
-_held: "dict[int, tuple[weakref.ref, tuple, object]]" = {}
-
-
-def hold(owner, position: tuple, iterator) -> None:
-    """Keeps `owner`'s training iterator for its next run, with where it stands.
-
-    A run that ends inside an epoch leaves its iterator at the next step's batch;
-    `take` hands it back to a run that starts there on the same input, so the
-    pipeline is neither rebuilt nor skipped through again (a skip produces every
-    batch it passes) and a shuffled DatasetInput's epoch goes on in the same order.
-    One iterator per owner: holding another retires the first. When the owner is
-    garbage-collected, or at exit, its iterator is retired.
-
-    Args:
-      owner: the object whose runs share the iterator (a Trainer); held weakly.
-      position: (input, epoch, step): the EpochInput or DatasetInput, the epoch
-        and the global step of the iterator's next batch.
-      iterator: the distributed iterator.
-    """
-    owner_id = id(owner)
-    _retire_held(owner_id)
-    _reaper_queue()  # Registers the exit handler that retires held iterators.
-    ref = weakref.ref(owner, lambda _: _retire_held(owner_id))
-    _held[owner_id] = (ref, position, iterator)
-
-
-def take(owner, position: tuple):
-    """Returns `owner`'s held iterator if it stands at `position` (see `hold`), else None.
-
-    The held iterator leaves the owner either way; one that stands elsewhere
-    (another input, epoch or step: a restore or rollback moved the step) is retired.
-    """
-    entry = _held.pop(id(owner), None)
-    if entry is None:
-        return None
-    _, held_at, iterator = entry
-    if _same_position(held_at, position):
-        return iterator
-    return retire(iterator)
-
-
-def _retire_held(owner_id: int) -> None:
-    """Retires the iterator held for the owner with this id, if any."""
-    entry = _held.pop(owner_id, None)
-    if entry is not None:
-        retire(entry[2])
-
-
-def _same_position(a: tuple, b: tuple) -> bool:
+def same_position(a: tuple, b: tuple) -> bool:
     """Same (input, epoch, step); the inputs' fields must be the same objects (or equal ints)."""
     (input_a, *rest_a), (input_b, *rest_b) = a, b
     if rest_a != rest_b or type(input_a) is not type(input_b):

@@ -10,11 +10,16 @@ averaged over the replicas (engine/replica_state.py).
 
 from __future__ import annotations
 
+import contextlib
+import functools
+from typing import Callable
+
 import keras
 import tensorflow as tf
 from absl import logging
 
-from engine import replica_state
+from engine import batch_norm, replica_state
+from engine.inputs import retire
 from engine.progress import EpochProgress
 
 # Upper bound for the in-graph evaluation loop, which stops when the data ends.
@@ -46,7 +51,7 @@ class LoopsMixin:
     def _train_loop_fn(self, iterator, num_steps: tf.Tensor) -> None:
         self._note_trace("Trainer.train_step", iterator.element_spec)
         for _ in tf.range(num_steps):
-            if not self._multi_worker and self._stop.flag:  # SIGTERM/SIGINT: stop before the next step.
+            if not self.multi_worker and self._stop.flag:  # SIGTERM/SIGINT: stop before the next step.
                 break
             if self._coordinator or op_determinism():
                 batch = next(iterator)  # (tf.timestamp refuses to run under op determinism.)
@@ -59,17 +64,17 @@ class LoopsMixin:
                 with tf.control_dependencies(tf.nest.flatten(self._local_tensors(batch))):
                     self._input_wait.assign_add(tf.timestamp() - start)
             # Read only when the lookahead or the EMA needs it.
-            updates = self._updates_applied() if (self._ema_pairs or self._slow_pairs) else None
+            updates = self._updates_applied() if (self.state.ema_pairs or self.state.slow_pairs) else None
             self.strategy.run(self._replica_train_step, args=(batch,))
-            self._step.assign_add(1)
+            self.state.step.assign_add(1)
             # After the replicas' state was averaged, so slow weights and shadows follow
             # the mean; only when the step applied an update (not a skipped or
             # accumulating one).
             if updates is not None:
                 applied = self._updates_applied() > updates
-                if self._slow_pairs:
+                if self.state.slow_pairs:
                     tf.cond(applied, self._update_lookahead, lambda: None)
-                if self._ema_pairs:
+                if self.state.ema_pairs:
                     tf.cond(applied, self._update_ema, lambda: None)
 
     def _replica_train_step(self, batch) -> None:
@@ -87,7 +92,7 @@ class LoopsMixin:
         calls, self._mode = self._apply_calls, "train"
         self.train_step(batch)
         if self._apply_calls == calls:
-            needs = [name for name, on in (("ema_decay", self._ema_pairs), ("lookahead", self._slow_pairs),
+            needs = [name for name, on in (("ema_decay", self.state.ema_pairs), ("lookahead", self.state.slow_pairs),
                                            ("accumulation_steps", self.accumulation_steps > 1),
                                            ("the non-finite guard (nonfinite_limit)",
                                             self.nonfinite_limit is not None)) if on]
@@ -125,7 +130,7 @@ class LoopsMixin:
         for batch in data:
             self._replica_test_step(batch)
 
-    def _take_input_wait(self) -> float | None:
+    def input_wait_seconds(self) -> float | None:
         """Seconds the compiled loops waited for input since the last call (None where not measured)."""
         if self._coordinator or op_determinism():
             return None
@@ -133,12 +138,52 @@ class LoopsMixin:
         self._input_wait.assign(0.0)
         return wait
 
-    def _run_loop(self, iterator, num_steps: int) -> None:
+    def run_loop(self, iterator, num_steps: int) -> dict[str, float]:
+        """Runs `num_steps` training steps from `iterator` (fewer if a signal stops it); returns the train metrics."""
         if not self._coordinator:
             self._train_loop(iterator, tf.constant(num_steps, tf.int64))
-            return
-        # One closure per step: the coordinator hands each to a free worker.
-        one = tf.constant(1, tf.int64)
-        for _ in range(num_steps):
-            self._coordinator.schedule(self._train_loop, args=(iterator, one))
-        self._coordinator.join()
+        else:
+            # One closure per step: the coordinator hands each to a free worker.
+            one = tf.constant(1, tf.int64)
+            for _ in range(num_steps):
+                self._coordinator.schedule(self._train_loop, args=(iterator, one))
+            self._coordinator.join()
+        return {name: float(m.result()) for name, m in self.train_metrics.items()}
+
+    def _with_kernels(self, fn: Callable) -> Callable:
+        """`fn`, tracing with the model's BatchNorm layers synchronized or fused, as configured."""
+        if not self.fused_batch_norm and not self.sync_batch_norm:
+            return fn
+
+        @functools.wraps(fn)
+        def traced(*args, **kwargs):
+            # Synchronized layers are not eligible for the fused kernel: set them first.
+            with contextlib.ExitStack() as stack:
+                if self.sync_batch_norm:
+                    stack.enter_context(batch_norm.synchronized(self.model))
+                if self.fused_batch_norm:
+                    stack.enter_context(batch_norm.fused(self.model))
+                return fn(*args, **kwargs)
+        return traced
+
+    def evaluate(self, data: tf.data.Dataset) -> dict[str, float]:
+        """Evaluates on every example of `data` once, the last partial batch included.
+
+        Args:
+          data: finite tf.data.Dataset of (features, labels) global batches; a
+            partial last batch is split over the replicas as it comes.
+
+        Returns:
+          Metric names to float values (e.g. {"loss": 0.9, "accuracy": 0.7}).
+        """
+        for metric in self.eval_metrics.values():
+            metric.reset_state()
+        with self.ema_weights():
+            if self._coordinator:
+                self._eval_loop(data)
+            else:
+                # A fresh iterator each time: evaluation always starts at the first batch.
+                iterator = iter(self.strategy.experimental_distribute_dataset(data))
+                self._eval_loop(iterator)
+                retire(iterator)
+        return {name: float(m.result()) for name, m in self.eval_metrics.items()}

@@ -96,14 +96,14 @@ def checkpoint_handler(trainer):
     A SIGTERM to any worker makes all of them checkpoint at the same step (through
     the coordination service) and exit with status 0; rerunning resumes there.
     """
-    if not (trainer._multi_worker and trainer.checkpointer and
+    if not (trainer.multi_worker and trainer.checkpointer and
             isinstance(trainer.strategy, tf.distribute.MultiWorkerMirroredStrategy)):
         return None
 
     meta = os.path.join(trainer.model_dir, ".preemption")
 
     def save():
-        path = trainer._save(trainer.global_step)
+        path = trainer.save(trainer.global_step)
         if not trainer.is_chief:
             # The handler deletes a non-chief's own temporary folder after save_fn.
             os.makedirs(os.path.join(meta, f"workertemp_{distribution.worker_index(trainer.strategy)}"),

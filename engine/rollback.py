@@ -57,7 +57,7 @@ class NonFiniteGuard:
         if not latest:
             raise NonFiniteError(f"training diverged: {where}, and there is no checkpoint to roll back to "
                                  "(give a model_dir)")
-        done = int(t._rollbacks.numpy())
+        done = int(t.state.rollbacks.numpy())
         if t.max_rollbacks is not None and done >= t.max_rollbacks:
             raise NonFiniteError(
                 f"training diverged: {where}, after {done} rollback(s) that each lowered the learning rate "
@@ -69,15 +69,14 @@ class NonFiniteGuard:
         if not self.state_finite():  # Written before checkpoints were checked.
             raise NonFiniteError(f"training diverged: {where}, and checkpoint {path} holds NaN/Inf values; "
                                  "remove it to roll back further")
-        t._lr_scale.assign(scale)
+        t.state.lr_scale.assign(scale)
         for name, opt in t.optimizers.items():
             if not isinstance(opt._learning_rate, ScaledSchedule):
                 opt.learning_rate = rates[name]  # The checkpoint restored its own rate.
         t.scale_learning_rate(t.rollback_lr_factor)
-        t._rollbacks.assign(done + 1)
-        t._nonfinite_total.assign(total)  # The count covers the whole run, rollbacks included.
-        t._nonfinite_streak.assign(0)
-        t._last_saved_step = t.global_step
+        t.state.rollbacks.assign(done + 1)
+        t.state.nonfinite_steps.assign(total)  # The count covers the whole run, rollbacks included.
+        t.state.nonfinite_streak.assign(0)
         if t.is_chief:
             limit = f" of {t.max_rollbacks}" if t.max_rollbacks is not None else ""
             EpochProgress.write(f"{where}: rollback {done + 1}{limit} to {path} (step {t.global_step}), "
@@ -87,17 +86,14 @@ class NonFiniteGuard:
     def in_streak(self) -> bool:
         """Whether the latest steps were skipped as non-finite (the guard is on)."""
         t = self.trainer
-        return t.nonfinite_limit is not None and int(t._nonfinite_streak.numpy()) > 0
+        return t.nonfinite_limit is not None and int(t.state.nonfinite_streak.numpy()) > 0
 
     def checkpointed_floats(self) -> list[tf.Variable]:
-        """The float variables a checkpoint holds: model, optimizer, moving averages, slow weights, accumulators."""
+        """The float variables a checkpoint holds: the model's, the optimizers' and the run state's (engine/state.py)."""
         t = self.trainer
         found, seen = [], set()
-        items = [[item] if isinstance(item, (tf.Variable, keras.Variable)) else getattr(item, "variables", [])
-                 for item in t.checkpoint_items().values()]
         for v in [*t.model.variables, *(v for o in t.optimizers.values() for v in o.variables),
-                  *(s for _, s in t._ema_pairs), *(s for _, s in t._slow_pairs), *t._accumulators,
-                  *(v for vs in items for v in vs)]:
+                  *t.state.float_variables()]:
             v = v.value if isinstance(v, keras.Variable) else v  # The tf.Variable inside a Keras variable.
             if id(v) not in seen and v.dtype.is_floating:
                 seen.add(id(v))

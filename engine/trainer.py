@@ -7,11 +7,15 @@ Loop shape, in the spirit of TF Model Garden's Orbit:
   * graph, per loop (engine/loops.py): up to `steps_per_loop` steps, the count
     passed as a tensor so that changing it never retraces; each step is
     `strategy.run` of one replica's `train_step`.
-This module holds the Trainer's construction and its eager API; its step contract
-(train_step, compute_loss, ...) is engine/step.py, and the update that any
-train_step applies is engine/update.py. A new task subclasses Trainer and
-overrides `compute_loss`, `train_step` / `test_step` or `update_metrics`; the loop,
-the distribution and the checkpoints stay as they are.
+This module holds the Trainer's construction and fit. The rest is one concept per
+file: the run's state that checkpoints hold (engine/state.py, `self.state`), the
+step contract (train_step, compute_loss, ...: engine/step.py), the update any
+train_step applies (engine/update.py), the compiled loops and evaluate
+(engine/loops.py), checkpoints (engine/checkpoint.py), hooks (engine/hooks.py),
+and the interface the Controller drives (engine/run_control.py; the Controller
+reads nothing private). A new task subclasses Trainer and overrides
+`compute_loss`, `train_step` / `test_step` or `update_metrics`; the loop, the
+distribution and the checkpoints stay as they are.
 
 Steps and data position: `step` counts the global batches consumed. It is saved in
 every checkpoint and, with the seed, fixes where the data stands (see
@@ -22,8 +26,6 @@ non-finite guard skipped.
 
 from __future__ import annotations
 
-import contextlib
-import functools
 import os
 import re
 from typing import Callable, Mapping, Sequence
@@ -32,18 +34,19 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from engine import batch_norm, distribution
-from engine.checkpoint import BestCheckpoint, CheckpointMixin, Checkpointer, remove_scratch
+from engine import distribution
+from engine.checkpoint import BestCheckpoint, CheckpointMixin, Checkpointer
 from engine.controller import Controller
 from engine.hooks import HooksMixin
-from engine.inputs import DatasetInput, EpochInput, retire
+from engine.inputs import DatasetInput, EpochInput
 from engine.loops import LoopsMixin
 from engine.options import CheckpointOptions, GuardOptions, KernelOptions, LookaheadOptions
-from engine.preemption import StopRequest, checkpoint_handler
-from engine.progress import EpochProgress, format_value
+from engine.preemption import StopRequest
 from engine import tta
 from engine.rollback import NonFiniteError, NonFiniteGuard
+from engine.run_control import RunControlMixin
 from engine.schedules import ScaledSchedule
+from engine.state import RunState
 from engine.summaries import Summaries
 from engine.step import StepMixin
 from engine.update import UpdateMixin
@@ -59,7 +62,7 @@ def sparse_accuracy() -> dict[str, keras.metrics.Metric]:
     return {"accuracy": keras.metrics.SparseCategoricalAccuracy(name="accuracy")}
 
 
-class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
+class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin, RunControlMixin):
     """Trains, evaluates and checkpoints a Keras model with a custom distributed loop.
 
     The subclassing contract, the shape Keras's trainer has (all per replica, in
@@ -215,50 +218,37 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
         self._apply_calls = 0  # apply_gradients calls traced, to catch a train_step that makes none.
         self._infer = (tf.function(self._infer_fn, jit_compile=True) if jit_compile else self._infer_fn)
         self._hooks: list[object] = list(hooks)
-        self._stop_reason: str | None = None
+        self._stop_request: str | None = None  # A hook's request_stop reason (engine/hooks.py).
+        self.evaluates = False  # Whether the current run has eval data (set by begin_run).
+        self._held_iterator = None  # (position, iterator) kept between runs: engine/run_control.py.
+        self._held_finalizer = None
         self.retraces: list[str] = []  # Warnings of step functions traced again after warm-up.
         self._traced: dict[str, str] = {}
         self._stop = StopRequest()
         metrics = metrics or dict
-        first_replica = tf.VariableAggregation.ONLY_FIRST_REPLICA
         with self.strategy.scope():
             self.train_metrics = {"loss": keras.metrics.Mean(name="loss"), **metrics()}
             self.eval_metrics = {"loss": keras.metrics.Mean(name="loss"), **metrics()}
-            # Run state saved with every checkpoint.
-            self._step = tf.Variable(0, dtype=tf.int64, trainable=False, name="step", aggregation=first_replica)
-            self._nonfinite_total = tf.Variable(0, dtype=tf.int64, trainable=False, name="nonfinite_steps",
-                                                aggregation=first_replica)
-            self._nonfinite_streak = tf.Variable(0, dtype=tf.int64, trainable=False, name="nonfinite_streak",
-                                                 aggregation=first_replica)
-            self._lr_scale = tf.Variable(1.0, dtype=tf.float32, trainable=False, name="lr_scale",
-                                         aggregation=first_replica)
-            self._rollbacks = tf.Variable(0, dtype=tf.int64, trainable=False, name="rollbacks",
-                                          aggregation=first_replica)
-        # Made with the model's variables (_create_model_state), which a subclassed
-        # model may not have yet: fit builds it from the first batch's spec.
-        self._accumulators: list[tf.Variable] = []
-        self._ema_pairs: list[tuple[keras.Variable, tf.Variable]] = []
-        self._slow_pairs: list[tuple[keras.Variable, tf.Variable]] = []  # Lookahead's (weight, slow weight).
+        # The run's state (step, counters, copies of the weights): engine/state.py.
+        self.state = RunState(self.strategy)
         # Seconds the compiled loop waited for input since the last read; made
         # outside the strategy's scope (a plain host variable), not saved.
         self._input_wait = tf.Variable(0.0, dtype=tf.float64, trainable=False, name="input_wait")
         for opt in self.optimizers.values():
             if isinstance(opt._learning_rate, keras.optimizers.schedules.LearningRateSchedule):
                 # Lets a rollback lower a scheduled rate; the value is unchanged at scale 1.
-                opt.learning_rate = ScaledSchedule(opt._learning_rate, self._lr_scale)
+                opt.learning_rate = ScaledSchedule(opt._learning_rate, self.state.lr_scale)
         # Multi-worker: every worker takes part in saves, only the chief's are kept,
         # and only the chief writes summaries and progress.
         self.is_chief = distribution.is_chief(self.strategy)
         resolver = getattr(self.strategy, "cluster_resolver", None)
-        self._multi_worker = bool(resolver and resolver.cluster_spec().as_dict())
+        self.multi_worker = bool(resolver and resolver.cluster_spec().as_dict())
         self._scratch = (os.path.join(model_dir, ".scratch", f"worker-{distribution.worker_index(self.strategy)}")
                          if model_dir and not self.is_chief else None)
         # One optimizer keeps the name "optimizer" (checkpoints of earlier versions read on).
         optimizers = dict(optimizer=self.optimizer) if not isinstance(optimizer, Mapping) else \
             dict(optimizers=self.optimizers)
-        trackables = dict(model=model, **optimizers, step=self._step,
-                          nonfinite_steps=self._nonfinite_total, lr_scale=self._lr_scale,
-                          rollbacks=self._rollbacks)
+        trackables = dict(model=model, **optimizers, **self.state.checkpoint_objects())
         self.checkpointer = (Checkpointer(model_dir, max_to_keep=checkpoint.keep, scratch_directory=self._scratch,
                                           **trackables) if model_dir else None)
         best_metric = checkpoint.best_metric
@@ -269,7 +259,6 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
         self._restored = False
         self._announced = False
         self.restored_from: str | None = None  # checkpoint restored at start, if any
-        self._last_saved_step: int | None = None
         self.stopped_by: str | None = None  # "SIGTERM" / "SIGINT" when fit stopped early on a signal
         self.summaries = Summaries(model_dir, enabled=self.is_chief)
         self.guard = NonFiniteGuard(self)
@@ -281,7 +270,7 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
             if self._coordinator and isinstance(opt._learning_rate, ScaledSchedule):
                 # Concurrent workers can lose increments of the optimizer's iterations;
                 # the schedule follows the Trainer's step counter instead.
-                opt._learning_rate.step = self._step
+                opt._learning_rate.step = self.state.step
         self._items_attached = False
         if self.model_built:
             self._create_model_state()
@@ -316,22 +305,10 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
                                      "strategy.scope() with the variables it will update, before creating the "
                                      "Trainer (Keras 3 creates slot variables lazily, which fails in a "
                                      "distributed step)")
-            # Gradient accumulators: each replica sums its own micro-batch gradients.
-            self._accumulators = [
-                tf.Variable(tf.zeros(v.shape, v.dtype), trainable=False, name="grad_accumulator",
-                            synchronization=tf.VariableSynchronization.ON_READ,
-                            aggregation=tf.VariableAggregation.SUM)
-                for v in model.trainable_variables] if self.accumulation_steps > 1 else []
-            # Exponential moving average of the float weights (trainable and BatchNorm statistics).
-            self._ema_pairs = self._weight_copies("ema") if self.ema_decay else []
-            self._slow_pairs = self._weight_copies("lookahead_slow") if self.lookahead else []
+        self.state.create_weight_state(model, self.strategy, accumulate=self.accumulation_steps > 1,
+                                       ema=bool(self.ema_decay), lookahead=bool(self.lookahead))
         if self.checkpointer:
-            if self._accumulators:
-                self.checkpointer.checkpoint.grad_accumulators = list(self._accumulators)
-            if self._ema_pairs:
-                self.checkpointer.checkpoint.ema = [shadow for _, shadow in self._ema_pairs]
-            if self._slow_pairs:
-                self.checkpointer.checkpoint.lookahead = [slow for _, slow in self._slow_pairs]
+            self.state.attach(self.checkpointer.checkpoint)
 
     def build_model(self, element_spec) -> None:
         """Creates the model's variables from a batch's spec, under the strategy's scope; no-op if built.
@@ -366,60 +343,22 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
                              "features; build it under strategy.scope() before creating the Trainer")
         self._create_model_state()
 
-    def _with_kernels(self, fn: Callable) -> Callable:
-        """`fn`, tracing with the model's BatchNorm layers synchronized or fused, as configured."""
-        if not self.fused_batch_norm and not self.sync_batch_norm:
-            return fn
-
-        @functools.wraps(fn)
-        def traced(*args, **kwargs):
-            # Synchronized layers are not eligible for the fused kernel: set them first.
-            with contextlib.ExitStack() as stack:
-                if self.sync_batch_norm:
-                    stack.enter_context(batch_norm.synchronized(self.model))
-                if self.fused_batch_norm:
-                    stack.enter_context(batch_norm.fused(self.model))
-                return fn(*args, **kwargs)
-        return traced
-
     # --- Public API (eager) ----------------------------------------------------------
 
     @property
     def global_step(self) -> int:
         """Global batches consumed so far (restored with the checkpoint)."""
-        return int(self._step.numpy())
+        return int(self.state.step.numpy())
 
     @property
     def nonfinite_steps(self) -> int:
         """Steps whose update was skipped as non-finite, over the whole run."""
-        return int(self._nonfinite_total.numpy())
+        return int(self.state.nonfinite_steps.numpy())
 
     @property
     def learning_rate(self) -> float:
         """The learning rate of the next update."""
         return float(np.asarray(self.optimizer.learning_rate))
-
-    def evaluate(self, data: tf.data.Dataset) -> dict[str, float]:
-        """Evaluates on every example of `data` once, the last partial batch included.
-
-        Args:
-          data: finite tf.data.Dataset of (features, labels) global batches; a
-            partial last batch is split over the replicas as it comes.
-
-        Returns:
-          Metric names to float values (e.g. {"loss": 0.9, "accuracy": 0.7}).
-        """
-        for metric in self.eval_metrics.values():
-            metric.reset_state()
-        with self.ema_weights():
-            if self._coordinator:
-                self._eval_loop(data)
-            else:
-                # A fresh iterator each time: evaluation always starts at the first batch.
-                iterator = iter(self.strategy.experimental_distribute_dataset(data))
-                self._eval_loop(iterator)
-                retire(iterator)
-        return {name: float(m.result()) for name, m in self.eval_metrics.items()}
 
     def fit(
         self,
@@ -494,50 +433,3 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin):
                      f"learning rate {self.learning_rate:.4g})")
         self._announced = True
         return Controller(self, train_input, eval_data, total, int(eval_every_epochs)).run()
-
-    # --- Hooks and run control (eager) -------------------------------------------------
-
-    def say(self, line: str) -> None:
-        """Prints a line above the progress bar (chief only)."""
-        if self.is_chief:
-            EpochProgress.write(line)
-
-    @property
-    def learning_rate_scale(self) -> float:
-        """The factor on the learning-rate schedule (lowered by rollbacks and plateau hooks)."""
-        return float(self._lr_scale.numpy())
-
-    def scale_learning_rate(self, factor: float) -> None:
-        """Multiplies the learning rate from now on by `factor` (saved with checkpoints)."""
-        self._lr_scale.assign(self._lr_scale * factor)
-        for opt in self.optimizers.values():
-            if not isinstance(opt._learning_rate, ScaledSchedule):
-                opt.learning_rate = float(np.asarray(opt.learning_rate)) * factor
-
-    def write_scalars(self, split: str, values: Mapping[str, float], step: int) -> None:
-        """Writes TensorBoard scalars to model_dir/<split> (chief only)."""
-        self.summaries.scalars(split, values, step)
-
-    def write_histograms(self, tensors: Mapping[str, tf.Tensor], step: int) -> None:
-        """Writes TensorBoard histograms to model_dir/train (chief only)."""
-        self.summaries.histograms("train", tensors, step)
-
-    # --- Eager helpers ----------------------------------------------------------------
-
-    def _preemption_handler(self):
-        return checkpoint_handler(self)
-
-    def _evaluate_and_log(self, eval_data, step: int) -> dict[str, float]:
-        results = self.evaluate(eval_data)
-        self.summaries.scalars("eval", results, step)
-        with self.ema_weights():  # The best checkpoint holds the weights that were evaluated.
-            # Weights with NaN/Inf are never kept, whatever their metric says.
-            improved = self.best and not self.guard.in_streak() and self.guard.state_finite() and \
-                self.best.update(step, {f"eval_{k}": v for k, v in results.items()})
-        if improved:
-            if self.is_chief:
-                EpochProgress.write(f"new best {self.best.metric}={format_value(self.best.info['value'])} "
-                                    f"at step {step}")
-            else:
-                remove_scratch(self._scratch)
-        return results

@@ -23,10 +23,18 @@ class UpdateMixin:
 
         It brings: gradient accumulation (accumulation_steps), the non-finite
         guard (a step whose loss or gradients are NaN/Inf on any replica is
-        skipped on every replica and counted), the LossScaleOptimizer's
-        unscaling and overflow skip, and, after each applied update, the moving
-        average of the weights (ema_decay). The optimizer sums the gradients
-        over the replicas.
+        skipped on every replica and counted), and the LossScaleOptimizer's
+        unscaling and overflow skip. The optimizer sums the gradients over the
+        replicas.
+
+        The moving average (ema_decay) and Lookahead's sync follow every update
+        this applies, but they are not run here: the loop runs them
+        (engine/loops.py, `_train_loop_fn`) once `strategy.run` of the step has
+        returned, in the cross-replica context, when the optimizers' iteration
+        count says an update was applied. Two reasons: the shadows must follow
+        the weights after the replicas' BatchNorm statistics were averaged, which
+        happens after train_step; and they are one copy per model, not per
+        replica. A train_step that calls this gets both with no further code.
 
         Args:
           gradients: one per variable (None for a variable without one).
@@ -49,16 +57,16 @@ class UpdateMixin:
         loss_scaled = isinstance(optimizer, keras.optimizers.LossScaleOptimizer)
         finite = tf.constant(True) if loss is None else tf.reduce_all(tf.math.is_finite(loss))
         due = None
-        if self._accumulators:
+        if self.state.accumulators:
             if optimizer is not self.optimizer or [id(v) for v in variables] != \
                     [id(v) for v in self.model.trainable_variables]:
                 raise ValueError("accumulation_steps > 1 accumulates the main optimizer's update of "
                                  "model.trainable_variables only; apply other updates without accumulation")
-            for acc, g in zip(self._accumulators, gradients):
+            for acc, g in zip(self.state.accumulators, gradients):
                 if g is not None:
                     acc.assign_add(g)
-            gradients = [acc.read_value() for acc in self._accumulators]
-            due = tf.equal(self._step % self.accumulation_steps, self.accumulation_steps - 1)
+            gradients = [acc.read_value() for acc in self.state.accumulators]
+            due = tf.equal(self.state.step % self.accumulation_steps, self.accumulation_steps - 1)
         # With loss scaling, overflowing gradients are the LossScaleOptimizer's to skip
         # (it lowers its scale and skips the update).
         guard = self.nonfinite_limit is not None and not loss_scaled
@@ -120,14 +128,14 @@ class UpdateMixin:
 
     def _apply(self, grads, variables, optimizer) -> None:
         optimizer.apply_gradients(zip(grads, variables))
-        self._nonfinite_streak.assign(0)
-        for acc in self._accumulators:
+        self.state.nonfinite_streak.assign(0)
+        for acc in self.state.accumulators:
             acc.assign(tf.zeros_like(acc))
 
     def _update_ema(self) -> None:
         """Cross-replica context, after an applied update: shadow = decay * shadow + (1 - decay) * weight."""
         decay = self.ema_decay
-        for weight, shadow in self._ema_pairs:
+        for weight, shadow in self.state.ema_pairs:
             shadow.assign(decay * shadow + (1.0 - decay) * tf.cast(tf.convert_to_tensor(weight), shadow.dtype))
 
     def _update_lookahead(self) -> None:
@@ -140,7 +148,7 @@ class UpdateMixin:
 
         def sync():
             alpha = options.alpha_at(update)
-            for weight, slow in self._slow_pairs:
+            for weight, slow in self.state.slow_pairs:
                 value = tf.convert_to_tensor(weight)
                 moved = slow + tf.cast(alpha, slow.dtype) * (tf.cast(value, slow.dtype) - slow)
                 slow.assign(moved)
@@ -149,21 +157,10 @@ class UpdateMixin:
         tf.cond(due, sync, lambda: None)
 
     def _skip(self) -> None:
-        self._nonfinite_total.assign_add(1)
-        self._nonfinite_streak.assign_add(1)
-        for acc in self._accumulators:
+        self.state.nonfinite_steps.assign_add(1)
+        self.state.nonfinite_streak.assign_add(1)
+        for acc in self.state.accumulators:
             acc.assign(tf.zeros_like(acc))
-
-    def _weight_copies(self, name: str) -> list[tuple[keras.Variable, tf.Variable]]:
-        """(weight, copy) for every float model weight (trainable and BatchNorm statistics).
-
-        The copies (the EMA's shadows, Lookahead's slow weights) start equal to the
-        weights and are one per model, not per replica (ONLY_FIRST_REPLICA): every
-        replica holds the same weights. Call under the strategy's scope.
-        """
-        return [(v, tf.Variable(tf.convert_to_tensor(v), trainable=False, name=name,
-                                aggregation=tf.VariableAggregation.ONLY_FIRST_REPLICA))
-                for v in self.model.weights if tf.as_dtype(v.dtype).is_floating]
 
     def _updates_applied(self) -> tf.Tensor:
         """int64: updates applied by all optimizers so far (their iterations, summed)."""
@@ -173,14 +170,14 @@ class UpdateMixin:
     @contextlib.contextmanager
     def ema_weights(self):
         """Within the block the model holds the moving averages (no-op without ema_decay)."""
-        if not self._ema_pairs:
+        if not self.state.ema_pairs:
             yield
             return
-        saved = [tf.identity(tf.convert_to_tensor(v)) for v, _ in self._ema_pairs]
-        for v, shadow in self._ema_pairs:
+        saved = [tf.identity(tf.convert_to_tensor(v)) for v, _ in self.state.ema_pairs]
+        for v, shadow in self.state.ema_pairs:
             v.assign(tf.convert_to_tensor(shadow))
         try:
             yield
         finally:
-            for (v, _), value in zip(self._ema_pairs, saved):
+            for (v, _), value in zip(self.state.ema_pairs, saved):
                 v.assign(value)

@@ -98,13 +98,16 @@ class Run:
         """
         config = self.config
         if self.backbone is None:
-            return self.trainer.fit(self.train_input, self.eval_data, epochs=config.run.epochs,
-                                    train_steps=config.run.train_steps, eval_every_epochs=config.run.eval_every_epochs)
+            with self.trainer:  # A command trains once: nothing to keep the iterator for.
+                return self.trainer.fit(self.train_input, self.eval_data, epochs=config.run.epochs,
+                                        train_steps=config.run.train_steps,
+                                        eval_every_epochs=config.run.eval_every_epochs)
         spe = self.train_input.steps_per_epoch
         total = config.run.train_steps or int(round(config.run.epochs * spe))
         head_steps = min(total, int(round(config.model.finetune_after_epochs * spe)))
-        history = self.trainer.fit(self.train_input, self.eval_data, train_steps=head_steps,
-                                   eval_every_epochs=config.run.eval_every_epochs)
+        with self.trainer:
+            history = self.trainer.fit(self.train_input, self.eval_data, train_steps=head_steps,
+                                       eval_every_epochs=config.run.eval_every_epochs)
         if self.trainer.stopped_by or head_steps >= total:
             return history
         model, strategy = self.trainer.model, self.trainer.strategy
@@ -118,8 +121,9 @@ class Run:
         finetune = _trainer(self.task, self.data, config, model, optimizer, strategy, self.trainer.global_batch_size,
                             os.path.join(config.run.model_dir, "finetune"))
         self.last_trainer = finetune
-        more = finetune.fit(self.train_input, self.eval_data, train_steps=total - head_steps,
-                            eval_every_epochs=config.run.eval_every_epochs)
+        with finetune:
+            more = finetune.fit(self.train_input, self.eval_data, train_steps=total - head_steps,
+                                eval_every_epochs=config.run.eval_every_epochs)
         return {k: history.get(k, []) + more.get(k, []) for k in {*history, *more}}
 
 

@@ -115,7 +115,7 @@ def main(argv: list[str]) -> None:
         fail(f"{_os_error_line(e)}; the newest checkpoint is {latest or 'none'}", e)
     except (tf.errors.UnavailableError, tf.errors.DeadlineExceededError, tf.errors.CancelledError,
             tf.errors.InternalError) as e:
-        if not trainer._multi_worker:
+        if not trainer.multi_worker:
             raise
         # A peer died or stopped answering: say so in one line, not a graph trace.
         first = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__

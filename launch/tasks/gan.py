@@ -91,7 +91,7 @@ class GANTrainer(Trainer):
     def _latent(self, batch, stream: int):
         """Stateless Gaussian latents keyed by (step, stream, replica): a resumed run draws the same ones."""
         replica = tf.cast(tf.distribute.get_replica_context().replica_id_in_sync_group, tf.int64)
-        seed = tf.stack([tf.convert_to_tensor(self._step, tf.int64) * 4 + stream, replica])
+        seed = tf.stack([tf.convert_to_tensor(self.state.step, tf.int64) * 4 + stream, replica])
         return tf.random.stateless_normal([batch, self.latent_dim], seed=seed)
 
     def _losses(self, real, training: bool):

@@ -97,7 +97,7 @@ def test_accumulated_float16_window_that_overflows_is_skipped_and_lowers_the_sca
     assert float(trainer.optimizer.dynamic_scale.numpy()) == 2.0 ** 59  # Halved once, for the one window.
     for a, b in zip(before, trainer.model.get_weights()):
         np.testing.assert_array_equal(a, b)
-    assert all(not np.any(acc.numpy()) for acc in trainer._accumulators)  # The next window starts from zero.
+    assert all(not np.any(acc.numpy()) for acc in trainer.state.accumulators)  # The next window starts from zero.
 
 
 def test_accumulation_counts_optimizer_steps_for_the_schedule():
@@ -131,7 +131,7 @@ def test_ema_weights_differ_from_raw_and_are_what_evaluation_uses(tmp_path):
     trainer = _trainer(ema_decay=0.9, model_dir=str(tmp_path), guard=GuardOptions(nonfinite_limit=None))
     trainer.fit(_input(x, y, 16), train_steps=12)
     raw = trainer.model.get_weights()
-    shadows = [s.numpy() for _, s in trainer._ema_pairs]
+    shadows = [s.numpy() for _, s in trainer.state.ema_pairs]
     assert any(np.abs(a - b).max() > 1e-4 for a, b in zip(raw, shadows))
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(16)
     results = trainer.evaluate(data)
@@ -147,7 +147,7 @@ def test_ema_weights_differ_from_raw_and_are_what_evaluation_uses(tmp_path):
     # The checkpoint holds the averages, and a new Trainer restores them.
     again = _trainer(ema_decay=0.9, model_dir=str(tmp_path), guard=GuardOptions(nonfinite_limit=None))
     again.restore()
-    for (_, s), expected in zip(again._ema_pairs, shadows):
+    for (_, s), expected in zip(again.state.ema_pairs, shadows):
         np.testing.assert_array_equal(s.numpy(), expected)
 
 
@@ -156,7 +156,7 @@ def test_ema_of_the_first_update_is_decay_weighted():
     trainer = _trainer(ema_decay=0.75, optimizer=lambda: keras.optimizers.SGD(0.5))
     start = trainer.model.get_weights()
     trainer.fit(_input(x, y, 16), train_steps=1)
-    for (_, shadow), w0, w1 in zip(trainer._ema_pairs, start, trainer.model.get_weights()):
+    for (_, shadow), w0, w1 in zip(trainer.state.ema_pairs, start, trainer.model.get_weights()):
         np.testing.assert_allclose(shadow.numpy(), 0.75 * w0 + 0.25 * w1, rtol=1e-5, atol=1e-7)
 
 

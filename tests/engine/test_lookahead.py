@@ -41,7 +41,7 @@ def test_slow_weights_follow_the_lookahead_rule_on_every_replica(replicas, ramp,
     trainer.fit(_input(x, y, 16), train_steps=STEPS)
     weights, slow = _reference(options, STEPS)
     assert not all(np.allclose(a, b) for a, b in zip(weights, start))  # it trained
-    for (variable, slow_variable), expected, expected_slow in zip(trainer._slow_pairs, weights, slow):
+    for (variable, slow_variable), expected, expected_slow in zip(trainer.state.slow_pairs, weights, slow):
         copies = strategy.experimental_local_results(variable.value)
         slow_copies = strategy.experimental_local_results(slow_variable)
         assert len(copies) == len(slow_copies) == replicas
@@ -70,14 +70,14 @@ def test_a_resumed_run_keeps_its_slow_weights(tmp_path):
     straight.fit(_input(x, y, 16), train_steps=STEPS)
     first = _trainer(batch=16, lookahead=options, model_dir=str(tmp_path))
     first.fit(_input(x, y, 16), train_steps=4)  # stops between two syncs: slow != weights
-    assert not all(np.allclose(s.numpy(), np.asarray(w)) for w, s in first._slow_pairs)
+    assert not all(np.allclose(s.numpy(), np.asarray(w)) for w, s in first.state.slow_pairs)
     resumed = _trainer(batch=16, lookahead=options, model_dir=str(tmp_path))
     resumed.restore()
     assert resumed.global_step == 4
     resumed.fit(_input(x, y, 16), train_steps=STEPS)
     for a, b in zip(resumed.model.get_weights(), straight.model.get_weights()):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
-    for (_, a), (_, b) in zip(resumed._slow_pairs, straight._slow_pairs):
+    for (_, a), (_, b) in zip(resumed.state.slow_pairs, straight.state.slow_pairs):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
 
 

@@ -70,7 +70,7 @@ def test_every_replica_holds_the_same_non_trainable_state_after_training(fused, 
         copies = _copies(two_replicas, v)
         assert len(copies) == 2
         np.testing.assert_array_equal(copies[0], copies[1], err_msg=v.path)
-    for _, shadow in trainer._ema_pairs:
+    for _, shadow in trainer.state.ema_pairs:
         copies = _copies(two_replicas, shadow)
         np.testing.assert_array_equal(copies[0], copies[1])
 
@@ -118,7 +118,7 @@ def test_synchronized_batch_norm_on_two_replicas_equals_one_replica_step_by_step
         # RunningMax's peak is a max of per-replica means, not a BatchNorm statistic: left out.
         keep = [i for i, v in enumerate(trainer.model.weights) if "peak" not in v.path]
         results.append((losses, [np.asarray(trainer.model.weights[i]) for i in keep],
-                        [np.asarray(trainer._ema_pairs[i][1]) for i in keep]))
+                        [np.asarray(trainer.state.ema_pairs[i][1]) for i in keep]))
     (losses1, weights1, ema1), (losses2, weights2, ema2) = results
     np.testing.assert_allclose(losses1, losses2, rtol=1e-5)
     for a, b in zip(weights1 + ema1, weights2 + ema2):

@@ -113,6 +113,9 @@ def test_a_fit_on_another_input_does_not_take_the_held_iterator():
 
 
 def test_a_held_iterator_is_retired_with_its_trainer(monkeypatch):
+    retired, retire = [], inputs.retire
+    monkeypatch.setattr(inputs, "retire", lambda it: retired.append(id(it)) or retire(it))
+
     def fit_inside_an_epoch():
         # In a function of its own: TensorFlow reads its callers' frame locals while
         # tracing, and such a snapshot would keep the Trainer alive in this frame.
@@ -120,16 +123,30 @@ def test_a_held_iterator_is_retired_with_its_trainer(monkeypatch):
         images, _ = _data()
         data = tf.data.Dataset.from_tensor_slices((images, np.arange(N, dtype=np.int32))).batch(GB)
         trainer.fit(data, train_steps=3)
-        return id(trainer), weakref.ref(trainer)
+        (_, epoch, step), iterator = trainer.held_iterator  # ended inside the epoch
+        assert (epoch, step) == (0, 3)
+        return id(iterator), weakref.ref(trainer)
 
-    owner, trainer = fit_inside_an_epoch()
-    assert owner in inputs._held  # ended inside the epoch
-    held = id(inputs._held[owner][2])
+    held, trainer = fit_inside_an_epoch()
+    assert held not in retired
+    gc.collect()
+    assert trainer() is None
+    assert held in retired  # handed to the background deleter, not deleted on this thread
+
+
+def test_close_retires_the_held_iterator_and_the_trainer_goes_on(monkeypatch):
     retired, retire = [], inputs.retire
     monkeypatch.setattr(inputs, "retire", lambda it: retired.append(id(it)) or retire(it))
-    gc.collect()
-    assert trainer() is None and owner not in inputs._held
-    assert held in retired  # handed to the background deleter (with any older trainers' iterators)
+    images, _ = _data()
+    data = DatasetInput(tf.data.Dataset.from_tensor_slices((images, np.arange(N, dtype=np.int32))).batch(GB))
+    with _recording(steps_per_loop=1) as trainer:
+        trainer.fit(data, train_steps=3)
+        held = id(trainer.held_iterator[1])
+        trainer.close()
+        assert trainer.held_iterator is None and held in retired
+        trainer.fit(data, train_steps=6)  # A new iterator at step 3 (the pipeline skipped to it).
+        assert trainer.seen.read_value().numpy().tolist() == [1] * N
+        assert trainer.held_iterator is None  # Ended at the epoch's end: nothing to keep.
 
 
 @pytest.mark.parametrize("replicas", [1, 2])

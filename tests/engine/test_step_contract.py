@@ -164,7 +164,7 @@ def test_a_custom_step_through_apply_gradients_keeps_ema_and_the_guard(replicas,
     trainer.__class__ = _PublicUpdate
     initial = [np.asarray(w) for w in trainer.model.weights]
     trainer.fit(_xy(), train_steps=4)
-    shadows = [np.asarray(s) for _, s in trainer._ema_pairs]
+    shadows = [np.asarray(s) for _, s in trainer.state.ema_pairs]
     assert not np.allclose(shadows[0], initial[0])  # the averages followed the updates
     with trainer.ema_weights():
         averaged = [np.asarray(w) for w in trainer.model.weights]

@@ -141,7 +141,7 @@ def test_gan_trains_both_models_and_restores_both_optimizers(replicas, two_repli
         np.testing.assert_array_equal(a, b)  # the discriminator came back through checkpoint_items
     history = resumed.fit(EpochInput(train_fn, steps), eval_data, train_steps=10)
     assert all(np.isfinite(history[k][-1]) for k in ("d_loss", "g_loss", "eval_d_loss", "eval_g_loss"))
-    shadows = [np.asarray(s) for _, s in resumed._ema_pairs]
+    shadows = [np.asarray(s) for _, s in resumed.state.ema_pairs]
     assert len(shadows) == len(initial) and not np.allclose(shadows[0], initial[0])  # EMA followed the generator
     if replicas == 2:  # the generator's BatchNorm statistics are the same on both replicas
         for v in resumed.model.non_trainable_variables:
