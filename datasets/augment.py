@@ -15,6 +15,8 @@ from __future__ import annotations
 import numpy as np
 import tensorflow as tf
 
+from engine.errors import UserError
+
 # Per-channel mean and standard deviation of the CIFAR-10 training images, in
 # uint8 units, measured on ../shared/data/cifar10 (JPEG) with
 # `datasets.cifar10.load(...).train.images.mean/std(axis=(0, 1, 2))`; the original
@@ -124,7 +126,7 @@ def normalizer(spec: dict):
         return lambda images: tf.cast(images, tf.float32) - tf.constant(IMAGENET_MEAN, tf.float32)
     if kind == "unit":
         return lambda images: tf.cast(images, tf.float32) * (1.0 / 255.0)
-    raise ValueError(f"normalisation {kind!r} is not one of {', '.join(NORMALIZATIONS)}")
+    raise UserError(f"normalisation {kind!r} is not one of {', '.join(NORMALIZATIONS)}")
 
 
 # --- Batch recipes: random choices drawn up front, applied to whole batches -------------
@@ -223,7 +225,7 @@ class ColorJitter(BatchRecipe):
 
     def __init__(self, brightness: float = 0.2, contrast: float = 0.2):
         if not 0 <= brightness <= 1 or not 0 <= contrast < 1:
-            raise ValueError(f"brightness={brightness} must be in [0, 1] and contrast={contrast} in [0, 1)")
+            raise UserError(f"brightness={brightness} must be in [0, 1] and contrast={contrast} in [0, 1)")
         self.brightness, self.contrast = brightness, contrast
 
     def sample(self, rng, n):
@@ -339,7 +341,7 @@ def parse_recipe(names: str) -> tuple[BatchRecipe, str | None]:
     for name in parts:
         if name not in BATCH_RECIPES:
             where = " (it must come first)" if name in PER_IMAGE_RECIPES else ""
-            raise ValueError(f"--augment: {name!r} is not a known recipe{where}; choose from "
+            raise UserError(f"--augment: {name!r} is not a known recipe{where}; choose from "
                              f"{', '.join(RECIPE_NAMES)}")
         if name != "none":
             recipes.append(BATCH_RECIPES[name]())

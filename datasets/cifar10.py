@@ -31,6 +31,8 @@ import tarfile
 
 import numpy as np
 
+from engine.errors import UserError
+
 NUM_CLASSES = 10
 IMAGE_SHAPE = (32, 32, 3)
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
@@ -53,7 +55,7 @@ class Split:
 
     def __post_init__(self):
         if len(self.images) != len(self.labels):
-            raise ValueError(f"{len(self.images)} images but {len(self.labels)} labels")
+            raise UserError(f"{len(self.images)} images but {len(self.labels)} labels")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,11 +99,11 @@ def load(data_dir: str | None, *, skip_bad: bool = False, progress: bool = False
         return _load_keras()
     data_dir = os.path.expanduser(data_dir)
     if not os.path.exists(data_dir):
-        raise ValueError(f"--data_dir={data_dir} does not exist")
+        raise UserError(f"--data_dir={data_dir} does not exist")
     if os.path.isfile(data_dir):
         if data_dir.endswith(".tar.gz"):
             return _load_python_tar(data_dir)
-        raise ValueError(f"--data_dir={data_dir} is a file but not a cifar-10-python.tar.gz archive")
+        raise UserError(f"--data_dir={data_dir} is a file but not a cifar-10-python.tar.gz archive")
     candidates = [
         (os.path.join(data_dir, "train.csv"), lambda p: _load_csv_indexes(p, skip_bad, progress)),
         (os.path.join(data_dir, "train"), lambda p: _load_class_folders(p, skip_bad, progress)),
@@ -114,7 +116,7 @@ def load(data_dir: str | None, *, skip_bad: bool = False, progress: bool = False
     for path, loader in candidates:
         if os.path.exists(path):
             return loader(path)
-    raise ValueError(
+    raise UserError(
         f"--data_dir={data_dir} holds no CIFAR-10 in a known form: looked for train.csv/test.csv, "
         "train/<class>/ and test/<class>/ folders, cifar-10-python.tar.gz, cifar-10-batches-py/ "
         "and cifar-10-batches-bin/")
@@ -131,7 +133,7 @@ def _load_keras() -> Cifar10:
             fname="cifar-10-batches-py-target", origin="https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz",
             extract=True, file_hash="6d958be074577803d12ecdefd02955f39262c83c16fe9348329d7fe0b5c001ce")
     except Exception as e:  # Network and archive errors come in many types.
-        raise ValueError(
+        raise UserError(
             "no --data_dir given, and Keras's CIFAR-10 download into ~/.keras/datasets failed "
             f"({type(e).__name__}: {e}); pass --data_dir=<folder> holding train.csv/test.csv, "
             "train/ and test/ class folders, cifar-10-python.tar.gz, cifar-10-batches-py/ or "
@@ -154,7 +156,7 @@ _SAFE_GLOBALS = frozenset({
 })
 
 
-class UnsafePickleError(ValueError):
+class UnsafePickleError(UserError):
     """A pickle names a global that a CIFAR-10 python batch never holds (it could run code)."""
 
 
@@ -216,9 +218,9 @@ def _unpickle_batch(raw: bytes, where: str) -> Split:
     except UnsafePickleError:
         raise
     except Exception as e:
-        raise ValueError(f"{where} is not a CIFAR-10 python batch ({type(e).__name__}: {e})") from e
+        raise UserError(f"{where} is not a CIFAR-10 python batch ({type(e).__name__}: {e})") from e
     if data.ndim != 2 or data.shape[1] != 3072:
-        raise ValueError(f"{where}: data has shape {data.shape}, expected [N, 3072]")
+        raise UserError(f"{where}: data has shape {data.shape}, expected [N, 3072]")
     images = data.reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # [N, 32, 32, 3]
     split = Split(np.ascontiguousarray(images), labels)
     _check_labels(split.labels, where)
@@ -233,7 +235,7 @@ def _load_python_batches(folder: str) -> Cifar10:
     def read(name):
         path = os.path.join(folder, name)
         if not os.path.isfile(path):
-            raise ValueError(f"{path} is missing from the CIFAR-10 python batches")
+            raise UserError(f"{path} is missing from the CIFAR-10 python batches")
         with open(path, "rb") as f:
             return _unpickle_batch(f.read(), path)
 
@@ -248,24 +250,24 @@ def _load_python_tar(path: str) -> Cifar10:
 
             def read(name):
                 if name not in members:
-                    raise ValueError(f"{path} has no member {name}")
+                    raise UserError(f"{path} has no member {name}")
                 return _unpickle_batch(tar.extractfile(members[name]).read(), f"{path}:{name}")
 
             return Cifar10(_concat([read(n) for n in _TRAIN_BATCHES]), read(_TEST_BATCH),
                            f"python archive {path}")
     except (tarfile.TarError, EOFError, OSError) as e:
-        raise ValueError(f"{path} is not a readable .tar.gz archive ({e})") from e
+        raise UserError(f"{path} is not a readable .tar.gz archive ({e})") from e
 
 
 # --- The official binary archive ----------------------------------------------------
 
 def _read_binary(path: str) -> Split:
     if not os.path.isfile(path):
-        raise ValueError(f"{path} is missing from the CIFAR-10 binary batches")
+        raise UserError(f"{path} is missing from the CIFAR-10 binary batches")
     raw = np.fromfile(path, dtype=np.uint8)
     record = 1 + 3072
     if raw.size == 0 or raw.size % record:
-        raise ValueError(f"{path} has {raw.size} bytes, not a multiple of the {record}-byte record")
+        raise UserError(f"{path} has {raw.size} bytes, not a multiple of the {record}-byte record")
     raw = raw.reshape(-1, record)
     images = raw[:, 1:].reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)  # [N, 32, 32, 3]
     split = Split(np.ascontiguousarray(images), raw[:, 0].astype(np.int32))
@@ -284,7 +286,7 @@ def _load_binary_batches(folder: str) -> Cifar10:
 def _check_labels(labels: np.ndarray, where: str) -> None:
     bad = np.flatnonzero((labels < 0) | (labels >= NUM_CLASSES))
     if bad.size:
-        raise ValueError(f"{where}: label {labels[bad[0]]} of example {bad[0]} is outside [0, {NUM_CLASSES})")
+        raise UserError(f"{where}: label {labels[bad[0]]} of example {bad[0]} is outside [0, {NUM_CLASSES})")
 
 
 def read_csv_index(csv_path: str) -> tuple[list[str], np.ndarray]:
@@ -323,7 +325,7 @@ def _class_folder_index(split_dir: str):
 
     index = sources.class_folders(split_dir)
     if index.num_classes > NUM_CLASSES:
-        raise ValueError(f"{split_dir} has {index.num_classes} class folders, CIFAR-10 has {NUM_CLASSES}")
+        raise UserError(f"{split_dir} has {index.num_classes} class folders, CIFAR-10 has {NUM_CLASSES}")
     return index
 
 
@@ -353,7 +355,7 @@ def decode_images(paths: list[str]) -> np.ndarray:
                 decode(path)
             except (tf.errors.InvalidArgumentError, tf.errors.NotFoundError, ValueError) as e:
                 msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-                raise ValueError(f"image {path} could not be decoded as a 32x32 RGB image ({msg})") from None
+                raise UserError(f"image {path} could not be decoded as a 32x32 RGB image ({msg})") from None
         raise
 
 
@@ -365,7 +367,7 @@ def _load_index(train, test, source: str, skip_bad: bool, progress: bool) -> Cif
     for index, what in ((train, "train images"), (test, "test images")):
         pixels, kept, lines = images.scan(index, skip_bad=skip_bad, progress=progress, what=what)
         if pixels.shape[1:] != IMAGE_SHAPE:
-            raise ValueError(f"{index.describe(0)}: CIFAR-10 images are 32x32 RGB, these are "
+            raise UserError(f"{index.describe(0)}: CIFAR-10 images are 32x32 RGB, these are "
                              f"{pixels.shape[1]}x{pixels.shape[2]}")
         splits.append(Split(pixels, kept.labels))
         skipped += lines
@@ -377,7 +379,7 @@ def _load_csv_indexes(train_csv: str, skip_bad: bool = False, progress: bool = F
 
     test_csv = os.path.join(os.path.dirname(train_csv), "test.csv")
     if not os.path.isfile(test_csv):
-        raise ValueError(f"{train_csv} exists but {test_csv} is missing")
+        raise UserError(f"{train_csv} exists but {test_csv} is missing")
     return _load_index(sources.image_csv(train_csv, CLASS_NAMES, check_paths=not skip_bad),
                        sources.image_csv(test_csv, CLASS_NAMES, check_paths=not skip_bad),
                        f"CSV indexes {train_csv}, {test_csv}", skip_bad, progress)

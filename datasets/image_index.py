@@ -12,6 +12,8 @@ from typing import Protocol, Sequence
 
 import numpy as np
 
+from engine.errors import UserError
+
 
 class Records(Protocol):
     """What an index needs of streamed records (datasets.tfrecord.RecordTable has it).
@@ -51,11 +53,11 @@ class ImageIndex:
 
     def __post_init__(self):
         if not len(self.paths) == len(self.labels) == len(self.origins):
-            raise ValueError(f"{len(self.paths)} paths, {len(self.labels)} labels and {len(self.origins)} origins")
+            raise UserError(f"{len(self.paths)} paths, {len(self.labels)} labels and {len(self.origins)} origins")
         if self.encoded is not None and len(self.encoded) != len(self.paths):
-            raise ValueError(f"{len(self.encoded)} encoded images for {len(self.paths)} paths")
+            raise UserError(f"{len(self.encoded)} encoded images for {len(self.paths)} paths")
         if self.records is not None and len(self.records.offset) != len(self.paths):
-            raise ValueError(f"{len(self.records.offset)} records for {len(self.paths)} paths")
+            raise UserError(f"{len(self.records.offset)} records for {len(self.paths)} paths")
 
     @property
     def num_classes(self) -> int:

@@ -35,6 +35,7 @@ from tqdm import tqdm
 
 from datasets import augment, in_memory
 from datasets.sources import ImageIndex
+from engine.errors import UserError
 
 CACHE_MODES = ("decoded", "encoded", "none")
 
@@ -180,9 +181,9 @@ def scan(
     if len(bad) and not skip_bad:
         more = f" ({len(bad) - 1} more bad images; skip them with --skip_bad_examples)" if len(bad) > 1 else \
             " (skip bad images with --skip_bad_examples)"
-        raise ValueError(f"{lines[0]}{more}")
+        raise UserError(f"{lines[0]}{more}")
     if not len(good):
-        raise ValueError(f"none of the {n} {what} could be used; first: {lines[0] if lines else '?'}")
+        raise UserError(f"none of the {n} {what} could be used; first: {lines[0] if lines else '?'}")
     images = np.concatenate(chunks) if keep_pixels else None
     return images, (index.subset(good) if len(bad) else index), lines
 
@@ -264,17 +265,17 @@ def build(
         than one global batch.
     """
     if cache not in CACHE_MODES:
-        raise ValueError(f"--cache={cache!r} must be one of {', '.join(CACHE_MODES)}")
+        raise UserError(f"--cache={cache!r} must be one of {', '.join(CACHE_MODES)}")
     recipe, per_image = augment.parse_recipe(augment_names)
     if per_image and cache == "decoded":
-        raise ValueError("--augment=imagenet resizes each image at random; use --cache=encoded or --cache=none")
+        raise UserError("--augment=imagenet resizes each image at random; use --cache=encoded or --cache=none")
     if isinstance(normalize, str) and normalize not in augment.NORMALIZATIONS:
-        raise ValueError(f"--normalize={normalize!r} must be one of {', '.join(augment.NORMALIZATIONS)}")
+        raise UserError(f"--normalize={normalize!r} must be one of {', '.join(augment.NORMALIZATIONS)}")
     crop = None
     if per_image:
         crop = tuple(image_size or (224, 224))
         if crop[0] != crop[1]:
-            raise ValueError(f"--image_size={crop[0]},{crop[1]}: the imagenet recipe crops squares")
+            raise UserError(f"--image_size={crop[0]},{crop[1]}: the imagenet recipe crops squares")
     skipped: list[str] = []
 
     if cache == "decoded":
@@ -333,7 +334,7 @@ def build(
         num_eval = len(eval_index)
     steps = in_memory.steps_per_epoch(len(train), global_batch_size)
     if steps == 0:
-        raise ValueError(f"{len(train)} training examples are fewer than one global batch of {global_batch_size}")
+        raise UserError(f"{len(train)} training examples are fewer than one global batch of {global_batch_size}")
     return ImagePipelines(train_fn, steps, eval_data, tuple(image_shape), spec, train.class_names, len(train),
                           num_eval, skipped)
 

@@ -18,6 +18,7 @@ import numpy as np
 import tensorflow as tf
 
 from datasets import augment
+from engine.errors import UserError
 
 
 def steps_per_epoch(num_examples: int, global_batch_size: int) -> int:
@@ -117,9 +118,9 @@ def train_dataset_fn(
     recipe = augment.PadCropFlip() if recipe is None else recipe
     num_examples = len(images)
     if len(labels) != num_examples:
-        raise ValueError(f"{num_examples} examples but {len(labels)} labels")
+        raise UserError(f"{num_examples} examples but {len(labels)} labels")
     if steps_per_epoch(num_examples, global_batch_size) == 0:
-        raise ValueError(f"{num_examples} training examples are fewer than one global batch of {global_batch_size}")
+        raise UserError(f"{num_examples} training examples are fewer than one global batch of {global_batch_size}")
     # One copy of the arrays, captured by reference in every epoch's pipeline.
     images_t = tf.constant(images)
     labels_t = tf.constant(labels)

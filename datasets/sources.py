@@ -33,6 +33,7 @@ import tensorflow as tf
 
 from datasets import tfrecord
 from datasets.image_index import ImageIndex
+from engine.errors import UserError
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
@@ -45,11 +46,11 @@ def read_class_names(path: str) -> tuple[str, ...]:
       ValueError: if the file is missing or has no names.
     """
     if not os.path.isfile(path):
-        raise ValueError(f"class-name file {path} does not exist")
+        raise UserError(f"class-name file {path} does not exist")
     with open(path) as f:
         names = tuple(line.strip() for line in f if line.strip())
     if not names:
-        raise ValueError(f"class-name file {path} has no names")
+        raise UserError(f"class-name file {path} has no names")
     return names
 
 
@@ -73,7 +74,7 @@ def image_csv(csv_path: str, class_names: Sequence[str] | None = None, *, check_
         the file is missing or has no rows.
     """
     if not os.path.isfile(csv_path):
-        raise ValueError(f"CSV index {csv_path} does not exist")
+        raise UserError(f"CSV index {csv_path} does not exist")
     if class_names is None:
         beside = os.path.join(os.path.dirname(csv_path), "labels.txt")
         class_names = read_class_names(beside) if os.path.isfile(beside) else None
@@ -85,19 +86,19 @@ def image_csv(csv_path: str, class_names: Sequence[str] | None = None, *, check_
                 continue
             where = f"{csv_path}:{line_no}"
             if len(row) != 2:
-                raise ValueError(f"{where}: expected '<path>,<class id>', got {','.join(row)!r}")
+                raise UserError(f"{where}: expected '<path>,<class id>', got {','.join(row)!r}")
             try:
                 label = int(row[1])
             except ValueError:
-                raise ValueError(f"{where}: class id {row[1]!r} is not an integer") from None
+                raise UserError(f"{where}: class id {row[1]!r} is not an integer") from None
             if label < 0 or (class_names is not None and label >= len(class_names)):
                 bound = len(class_names) if class_names is not None else "num_classes"
-                raise ValueError(f"{where}: class id {label} is outside [0, {bound})")
+                raise UserError(f"{where}: class id {label} is outside [0, {bound})")
             paths.append(os.path.join(folder, row[0].strip()))
             labels.append(label)
             origins.append(where)
     if not paths:
-        raise ValueError(f"CSV index {csv_path} has no rows")
+        raise UserError(f"CSV index {csv_path} has no rows")
     labels = np.asarray(labels, dtype=np.int32)
     if class_names is None:
         class_names = tuple(str(i) for i in range(int(labels.max()) + 1))
@@ -123,16 +124,16 @@ def class_folders(folder: str, *, check_paths: bool = False) -> ImageIndex:
     """
     del check_paths
     if not os.path.isdir(folder):
-        raise ValueError(f"image folder {folder} does not exist")
+        raise UserError(f"image folder {folder} does not exist")
     classes = sorted(d for d in os.listdir(folder) if os.path.isdir(os.path.join(folder, d)))
     if not classes:
-        raise ValueError(f"image folder {folder} has no class folders (expected {folder}/<class name>/<image>)")
+        raise UserError(f"image folder {folder} has no class folders (expected {folder}/<class name>/<image>)")
     paths, labels = [], []
     for label, name in enumerate(classes):
         class_dir = os.path.join(folder, name)
         files = sorted(f for f in os.listdir(class_dir) if f.lower().endswith(IMAGE_EXTENSIONS))
         if not files:
-            raise ValueError(f"class folder {class_dir} has no .jpg/.jpeg/.png images")
+            raise UserError(f"class folder {class_dir} has no .jpg/.jpeg/.png images")
         paths += [os.path.join(class_dir, f) for f in files]
         labels += [label] * len(files)
     return ImageIndex(paths, np.asarray(labels, dtype=np.int32), tuple(classes), list(paths))
@@ -158,7 +159,7 @@ def check_files_exist(index: ImageIndex) -> None:
                 files = set()
             listings[folder] = files
         if name not in files:
-            raise ValueError(f"{index.origins[i]}: image {path} does not exist")
+            raise UserError(f"{index.origins[i]}: image {path} does not exist")
 
 
 def source_kind(path: str) -> str:
@@ -200,9 +201,9 @@ def arrays(features, labels) -> tuple[np.ndarray, np.ndarray]:
     """
     features, labels = np.asarray(features), np.asarray(labels)
     if len(features) != len(labels):
-        raise ValueError(f"{len(features)} feature rows but {len(labels)} labels")
+        raise UserError(f"{len(features)} feature rows but {len(labels)} labels")
     if not len(labels):
-        raise ValueError("no examples (the arrays are empty)")
+        raise UserError("no examples (the arrays are empty)")
     return features, labels
 
 
@@ -223,14 +224,14 @@ def dataframe(frame, label_column: str, feature_columns: Sequence[str] | None = 
       ValueError: if a column is missing or not numeric, or the frame is empty.
     """
     if label_column not in frame.columns:
-        raise ValueError(f"label column {label_column!r} is not in the DataFrame (columns: {list(frame.columns)})")
+        raise UserError(f"label column {label_column!r} is not in the DataFrame (columns: {list(frame.columns)})")
     columns = list(feature_columns) if feature_columns is not None else [c for c in frame.columns
                                                                          if c != label_column]
     for c in columns:
         if c not in frame.columns:
-            raise ValueError(f"feature column {c!r} is not in the DataFrame")
+            raise UserError(f"feature column {c!r} is not in the DataFrame")
         if not np.issubdtype(frame[c].dtype, np.number) and frame[c].dtype != bool:
-            raise ValueError(f"feature column {c!r} has dtype {frame[c].dtype}, not numeric; encode it first")
+            raise UserError(f"feature column {c!r} has dtype {frame[c].dtype}, not numeric; encode it first")
     return arrays(frame[columns].to_numpy(dtype=dtype), frame[label_column].to_numpy())
 
 
@@ -265,13 +266,13 @@ def tabular_csv(file_pattern: str, label_column: str, *, batch_size: int, shuffl
     """
     files = sorted(tf.io.gfile.glob(file_pattern))
     if not files:
-        raise ValueError(f"no CSV file matches {file_pattern}")
+        raise UserError(f"no CSV file matches {file_pattern}")
     with open(files[0], newline="") as f:
         header = next(csv.reader(f), None)
         if header is None or next(csv.reader(f), None) is None:
-            raise ValueError(f"CSV file {files[0]} has no rows")
+            raise UserError(f"CSV file {files[0]} has no rows")
     if label_column not in header:
-        raise ValueError(f"label column {label_column!r} is not in the header of {files[0]} ({', '.join(header)})")
+        raise UserError(f"label column {label_column!r} is not in the header of {files[0]} ({', '.join(header)})")
     features = [c for c in header if c != label_column]
     ds = tf.data.experimental.make_csv_dataset(files, batch_size=batch_size, label_name=label_column,
                                                num_epochs=1, shuffle=shuffle, shuffle_seed=seed)
@@ -293,13 +294,13 @@ def text_lines(files: Sequence[str], *, batch_size: int, shuffle_buffer: int = 0
       ValueError: if `files` is empty or a file is missing or has no lines.
     """
     if not files:
-        raise ValueError("no text files given")
+        raise UserError("no text files given")
     sets = []
     for label, path in enumerate(files):
         if not os.path.isfile(path):
-            raise ValueError(f"text file {path} does not exist")
+            raise UserError(f"text file {path} does not exist")
         if os.path.getsize(path) == 0:
-            raise ValueError(f"text file {path} has no lines")
+            raise UserError(f"text file {path} has no lines")
         lines = tf.data.TextLineDataset(path).filter(lambda s: tf.strings.length(tf.strings.strip(s)) > 0)
         sets.append(lines.map(lambda s, label=label: (s, tf.constant(label, tf.int64))))
     ds = tf.data.Dataset.sample_from_datasets(sets, seed=seed, stop_on_empty_dataset=False) if len(sets) > 1 \

@@ -30,6 +30,7 @@ import tensorflow as tf
 from tqdm import tqdm
 
 from datasets.image_index import ImageIndex
+from engine.errors import UserError
 
 FEATURES = {
     "image/encoded": tf.io.FixedLenFeature([], tf.string),
@@ -94,7 +95,7 @@ def _record_table(files: Sequence[str], counts: Sequence[int]) -> RecordTable:
     shard, offset, length = [], [], []
     for k, path in enumerate(files):
         if not os.path.isfile(path):
-            raise ValueError(f"{path}: streaming TFRecords (--cache=none) needs local files; use --cache=encoded")
+            raise UserError(f"{path}: streaming TFRecords (--cache=none) needs local files; use --cache=encoded")
         size, position, found = os.path.getsize(path), 0, 0
         with open(path, "rb") as f:
             while position < size:
@@ -106,7 +107,7 @@ def _record_table(files: Sequence[str], counts: Sequence[int]) -> RecordTable:
                 position += 12 + n + 4  # ... the data and its CRC.
                 found += 1
         if found != counts[k] or position != size:
-            raise ValueError(f"{path}: {found} record headers but tf.data read {counts[k]} records")
+            raise UserError(f"{path}: {found} record headers but tf.data read {counts[k]} records")
     return RecordTable(tuple(files), np.array(shard, np.int32), np.array(offset, np.int64),
                        np.array(length, np.int64))
 
@@ -146,7 +147,7 @@ def write(index: ImageIndex, prefix: str, num_shards: int, *, progress: bool = T
         (named with its CSV line).
     """
     if not 1 <= num_shards <= len(index):
-        raise ValueError(f"--num_shards={num_shards} must be in [1, {len(index)}] (the number of images)")
+        raise UserError(f"--num_shards={num_shards} must be in [1, {len(index)}] (the number of images)")
     paths = shard_paths(prefix, num_shards)
     os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
     writers = [tf.io.TFRecordWriter(p + ".partial") for p in paths]
@@ -159,9 +160,9 @@ def write(index: ImageIndex, prefix: str, num_shards: int, *, progress: bool = T
                     with open(index.paths[i], "rb") as f:
                         data = f.read()
                 except OSError as e:
-                    raise ValueError(f"{index.describe(i)}: cannot be read ({e.strerror})") from None
+                    raise UserError(f"{index.describe(i)}: cannot be read ({e.strerror})") from None
             if not data:
-                raise ValueError(f"{index.describe(i)}: the file is empty")
+                raise UserError(f"{index.describe(i)}: the file is empty")
             label = int(index.labels[i])
             writers[i % num_shards].write(_example(data, label, index.class_names[label], str(index.paths[i])))
     finally:
@@ -195,7 +196,7 @@ def read_index(pattern: str, class_names: Sequence[str] | None = None, *, keep_b
     """
     files = sorted(tf.io.gfile.glob(pattern))
     if not files:
-        raise ValueError(f"no TFRecord file matches {pattern}")
+        raise UserError(f"no TFRecord file matches {pattern}")
     encoded, labels, texts, filenames, origins, counts = [], [], [], [], [], []
     for path in files:
         try:
@@ -212,9 +213,9 @@ def read_index(pattern: str, class_names: Sequence[str] | None = None, *, keep_b
             counts.append(offset)
         except (tf.errors.DataLossError, tf.errors.InvalidArgumentError) as e:
             detail = str(e).strip().splitlines()[0][:150]
-            raise ValueError(f"{path} is not a readable TFRecord file of image examples ({detail})") from None
+            raise UserError(f"{path} is not a readable TFRecord file of image examples ({detail})") from None
     if not origins:
-        raise ValueError(f"TFRecord files {pattern} hold no records")
+        raise UserError(f"TFRecord files {pattern} hold no records")
     labels = np.concatenate(labels).astype(np.int32)
     if class_names is None:
         names: dict[int, str] = {}
@@ -225,6 +226,6 @@ def read_index(pattern: str, class_names: Sequence[str] | None = None, *, keep_b
     bad = np.flatnonzero((labels < 0) | (labels >= len(class_names)))
     if bad.size:
         i = int(bad[0])
-        raise ValueError(f"{origins[i]} ({filenames[i]}): class id {labels[i]} is outside [0, {len(class_names)})")
+        raise UserError(f"{origins[i]} ({filenames[i]}): class id {labels[i]} is outside [0, {len(class_names)})")
     return ImageIndex([f or o for f, o in zip(filenames, origins)], labels, tuple(class_names), origins,
                       encoded if keep_bytes else None, records=None if keep_bytes else _record_table(files, counts))

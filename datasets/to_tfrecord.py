@@ -18,6 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from engine.errors import UserError
+
 flags.DEFINE_string("source", None, "Folder of class folders, or a CSV index of image paths and class ids.")
 flags.DEFINE_string("output", None, "Output prefix: writes <output>-00000-of-0000N.tfrecord ...")
 flags.DEFINE_integer("num_shards", 4, "Number of TFRecord files.")
@@ -35,9 +37,9 @@ def main(argv):
 
     try:
         if not FLAGS.source or not FLAGS.output:
-            raise ValueError("--source and --output are required")
+            raise UserError("--source and --output are required")
         if not (os.path.isdir(FLAGS.source) or FLAGS.source.lower().endswith(".csv")):
-            raise ValueError(f"--source={FLAGS.source} is neither a folder nor a .csv file")
+            raise UserError(f"--source={FLAGS.source} is neither a folder nor a .csv file")
         names = sources.read_class_names(FLAGS.class_names) if FLAGS.class_names else None
         index = sources.image_source(FLAGS.source, names)
         _, index, skipped = images.check(index, skip_bad=FLAGS.skip_bad_examples, progress=FLAGS.progress)

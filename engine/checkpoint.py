@@ -12,6 +12,7 @@ import tensorflow as tf
 
 from engine.files import is_better, mode_for, write_atomic
 from engine.rollback import NonFiniteError
+from engine.errors import UserError
 
 # What a truncated or damaged checkpoint file raises on restore (a truncated data
 # file gives IndexError "Read less bytes than requested" in TF 2.21).
@@ -46,7 +47,7 @@ class Checkpointer:
 
     def __init__(self, directory: str, *, max_to_keep: int, scratch_directory: str | None = None, **trackables):
         if max_to_keep < 1:
-            raise ValueError(f"keep_checkpoints={max_to_keep} must be at least 1")
+            raise UserError(f"keep_checkpoints={max_to_keep} must be at least 1")
         self.checkpoint = tf.train.Checkpoint(**trackables)
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
         self.scratch_directory = scratch_directory
@@ -95,11 +96,11 @@ class Checkpointer:
             except (ValueError, AssertionError) as e:
                 if status is not None:
                     status.expect_partial()  # No pages of "value not found" warnings when it is collected.
-                raise ValueError(
+                raise UserError(
                     f"checkpoint {path} does not match this model: {_mismatch(path, self.checkpoint, e)}; it was "
                     "left as it is: use another model_dir, or the settings that wrote it") from e
         if candidates:
-            raise ValueError(f"no readable checkpoint among {', '.join(candidates)}; they were left as they are")
+            raise UserError(f"no readable checkpoint among {', '.join(candidates)}; they were left as they are")
         return None
 
     def save(self, step: int) -> str:
@@ -248,7 +249,7 @@ class CheckpointMixin:
           ValueError: if the checkpoint does not fit the model (see Checkpointer).
         """
         if not self.model_built:
-            raise ValueError(f"model {self.model.name} has no variables to restore yet; call fit (which builds it "
+            raise UserError(f"model {self.model.name} has no variables to restore yet; call fit (which builds it "
                              "from the first batch) or build it under strategy.scope() first")
         self._attach_checkpoint_items()
         if self.checkpointer and not self._restored:

@@ -15,6 +15,8 @@ import socket
 
 import tensorflow as tf
 
+from engine.errors import UserError
+
 STRATEGIES = ("default", "one_device", "mirrored", "multi_worker_mirrored", "parameter_server", "tpu")
 MULTI_WORKER = ("multi_worker_mirrored", "parameter_server")
 
@@ -34,7 +36,7 @@ def configure_cpu_devices(num_devices: int) -> None:
         different split (this must run before the first op).
     """
     if num_devices < 1:
-        raise ValueError(f"num_cpu_devices={num_devices} must be at least 1")
+        raise UserError(f"num_cpu_devices={num_devices} must be at least 1")
     cpu = tf.config.list_physical_devices("CPU")[0]
     current = tf.config.get_logical_device_configuration(cpu)
     if num_devices == 1 and not current:
@@ -65,10 +67,10 @@ def configure_gpus(*, memory_growth: bool = False, visible: str | None = None) -
         try:
             indices = [int(i) for i in visible.split(",")]
         except ValueError:
-            raise ValueError(f"visible_gpus={visible!r} must be comma-separated GPU indices") from None
+            raise UserError(f"visible_gpus={visible!r} must be comma-separated GPU indices") from None
         bad = [i for i in indices if not 0 <= i < len(gpus)]
         if bad:
-            raise ValueError(f"visible_gpus={visible}: no GPU {bad[0]} (this machine has {len(gpus)})")
+            raise UserError(f"visible_gpus={visible}: no GPU {bad[0]} (this machine has {len(gpus)})")
         gpus = [gpus[i] for i in indices]
         tf.config.set_visible_devices(gpus, "GPU")
     for gpu in gpus:
@@ -91,20 +93,20 @@ class Cluster:
 
     def __post_init__(self):
         if not self.spec.get("worker"):
-            raise ValueError(f"the cluster has no workers: {json.dumps(self.spec)}")
+            raise UserError(f"the cluster has no workers: {json.dumps(self.spec)}")
         if self.task_type not in self.spec:
-            raise ValueError(f"task type {self.task_type!r} is not a job of the cluster {sorted(self.spec)}")
+            raise UserError(f"task type {self.task_type!r} is not a job of the cluster {sorted(self.spec)}")
         size = len(self.spec[self.task_type])
         if not 0 <= self.task_index < size:
-            raise ValueError(f"task index {self.task_index} is out of range for {size} {self.task_type} task(s)")
+            raise UserError(f"task index {self.task_index} is out of range for {size} {self.task_type} task(s)")
         addresses = [a for hosts in self.spec.values() for a in hosts]
         for address in addresses:
             host, _, port = address.rpartition(":")
             if not host or not port.isdigit():
-                raise ValueError(f"cluster address {address!r} is not host:port")
+                raise UserError(f"cluster address {address!r} is not host:port")
         duplicates = {a for a in addresses if addresses.count(a) > 1}
         if duplicates:
-            raise ValueError(f"cluster address {sorted(duplicates)[0]} is given to more than one task")
+            raise UserError(f"cluster address {sorted(duplicates)[0]} is given to more than one task")
 
     @property
     def address(self) -> str:
@@ -130,7 +132,7 @@ class Cluster:
             try:
                 s.bind(("", int(port)))
             except OSError:
-                raise ValueError(f"port {port} of {self.task_type} {self.task_index} ({self.address}) "
+                raise UserError(f"port {port} of {self.task_type} {self.task_index} ({self.address}) "
                                  "is already in use") from None
 
 
@@ -155,14 +157,14 @@ def cluster_from_env_or_flags(*, worker_hosts=None, ps_hosts=None, chief_host=No
             spec, task = config["cluster"], config["task"]
             return Cluster({k: list(v) for k, v in spec.items()}, task["type"], int(task["index"]))
         except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"TF_CONFIG is not of the form {{'cluster': {{...}}, 'task': {{'type', 'index'}}}} "
+            raise UserError(f"TF_CONFIG is not of the form {{'cluster': {{...}}, 'task': {{'type', 'index'}}}} "
                              f"({type(e).__name__}: {e})") from None
     if not worker_hosts:
         if task_type is not None or ps_hosts:
-            raise ValueError("task_type/ps_hosts need worker_hosts (or TF_CONFIG)")
+            raise UserError("task_type/ps_hosts need worker_hosts (or TF_CONFIG)")
         return None
     if task_type is None or task_index is None:
-        raise ValueError("worker_hosts needs task_type and task_index for this process")
+        raise UserError("worker_hosts needs task_type and task_index for this process")
     spec = {"worker": list(worker_hosts)}
     if ps_hosts:
         spec["ps"] = list(ps_hosts)
@@ -204,7 +206,7 @@ def create_strategy(name: str, cluster: Cluster | None = None, *,
         devices = [d.name for d in (gpus or tf.config.list_logical_devices("CPU"))]
         return tf.distribute.MirroredStrategy(devices)
     if name in MULTI_WORKER and cluster is None:
-        raise ValueError(f"strategy={name} needs a cluster: set TF_CONFIG, or worker_hosts, task_type "
+        raise UserError(f"strategy={name} needs a cluster: set TF_CONFIG, or worker_hosts, task_type "
                          "and task_index (python -m launch.cluster does this for a local cluster)")
     if name == "multi_worker_mirrored":
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=collective_timeout_s)
@@ -212,22 +214,22 @@ def create_strategy(name: str, cluster: Cluster | None = None, *,
                                                          communication_options=options)
     if name == "parameter_server":
         if not cluster.spec.get("ps"):
-            raise ValueError("strategy=parameter_server needs ps tasks (ps_hosts or TF_CONFIG's 'ps' job)")
+            raise UserError("strategy=parameter_server needs ps tasks (ps_hosts or TF_CONFIG's 'ps' job)")
         return tf.distribute.experimental.ParameterServerStrategy(cluster.resolver())
     if name == "tpu":
         tpu = next((os.environ[k] for k in ("TPU_NAME", "COLAB_TPU_ADDR") if os.environ.get(k)), None)
         if tpu is None and not os.path.exists("/dev/accel0") and not os.path.exists("/dev/vfio"):
             # Without these, the resolver would go looking for a cloud metadata server.
-            raise ValueError("strategy=tpu: no TPU found here (no TPU_NAME, no /dev/accel0)")
+            raise UserError("strategy=tpu: no TPU found here (no TPU_NAME, no /dev/accel0)")
         try:
             resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=tpu or "local")
             tf.config.experimental_connect_to_cluster(resolver)
             tf.tpu.experimental.initialize_tpu_system(resolver)
         except (ValueError, RuntimeError, tf.errors.OpError) as e:
             first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ValueError(f"strategy=tpu: no TPU found here ({first})") from None
+            raise UserError(f"strategy=tpu: no TPU found here ({first})") from None
         return tf.distribute.TPUStrategy(resolver)
-    raise ValueError(f"strategy={name!r} is not known here; choose one of {', '.join(STRATEGIES)}")
+    raise UserError(f"strategy={name!r} is not known here; choose one of {', '.join(STRATEGIES)}")
 
 
 def is_chief(strategy: tf.distribute.Strategy) -> bool:

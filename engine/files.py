@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 import os
 
+from engine.errors import UserError
+
 
 def write_atomic(path: str, text: str) -> None:
     """Replaces `path` with `text` so that a crash leaves the old file or the new one, never a part.
@@ -41,7 +43,7 @@ def mode_for(metric: str, mode: str | None = None) -> str:
     """
     mode = mode or ("min" if metric.endswith(("loss", "error", "mae", "mse")) else "max")
     if mode not in ("min", "max"):
-        raise ValueError(f"mode {mode!r} for {metric!r} must be 'max' or 'min'")
+        raise UserError(f"mode {mode!r} for {metric!r} must be 'max' or 'min'")
     return mode
 
 

@@ -36,6 +36,7 @@ import tensorflow as tf
 
 from engine import profiling
 from engine.files import is_better, mode_for, write_atomic
+from engine.errors import UserError
 
 HOOK_EVENTS = ("train_begin", "loop_end", "epoch_end", "train_end")
 # Hooks with get_state() -> dict and set_state(dict) have it saved beside each
@@ -81,9 +82,9 @@ class EarlyStopping:
     def __init__(self, metric: str = "eval_loss", *, patience: int = 3, min_delta: float = 0.0,
                  mode: str | None = None, restore_best: bool = True):
         if patience < 1:
-            raise ValueError(f"early stopping patience={patience} must be at least 1")
+            raise UserError(f"early stopping patience={patience} must be at least 1")
         if min_delta < 0:
-            raise ValueError(f"early stopping min_delta={min_delta} must not be negative")
+            raise UserError(f"early stopping min_delta={min_delta} must not be negative")
         self.metric, self.patience, self.min_delta = metric, patience, min_delta
         self.mode = mode_for(metric, mode)
         self.restore_best = restore_best
@@ -154,9 +155,9 @@ class ReduceLROnPlateau:
     def __init__(self, metric: str = "eval_loss", *, factor: float = 0.1, patience: int = 2,
                  min_delta: float = 0.0, mode: str | None = None, min_scale: float = 1e-3):
         if not 0 < factor < 1:
-            raise ValueError(f"plateau factor={factor} must be in (0, 1)")
+            raise UserError(f"plateau factor={factor} must be in (0, 1)")
         if patience < 1:
-            raise ValueError(f"plateau patience={patience} must be at least 1")
+            raise UserError(f"plateau patience={patience} must be at least 1")
         self.metric, self.factor, self.patience, self.min_delta = metric, factor, patience, min_delta
         self.mode = mode_for(metric, mode)
         self.min_scale = min_scale
@@ -231,7 +232,7 @@ class WeightHistograms:
 
     def __init__(self, every_epochs: int = 1):
         if every_epochs < 1:
-            raise ValueError(f"histogram every_epochs={every_epochs} must be at least 1")
+            raise UserError(f"histogram every_epochs={every_epochs} must be at least 1")
         self.every_epochs = every_epochs
 
     def on_epoch_end(self, trainer, logs):
@@ -258,7 +259,7 @@ class Profiler:
 
     def __init__(self, logdir: str, start: int, stop: int, top: int = 12):
         if not 0 <= start < stop:
-            raise ValueError(f"profile_steps={start},{stop}: need 0 <= start < stop")
+            raise UserError(f"profile_steps={start},{stop}: need 0 <= start < stop")
         self.logdir, self.start, self.stop, self.top = logdir, start, stop, top
         self.summary = None
         self.active = False
@@ -313,7 +314,7 @@ class MaxTime:
 
     def __init__(self, seconds: float):
         if seconds <= 0:
-            raise ValueError(f"max_time={seconds} must be positive (seconds)")
+            raise UserError(f"max_time={seconds} must be positive (seconds)")
         self.seconds = seconds
         self._start = None
 
@@ -338,9 +339,9 @@ def parse_profile_steps(values: Sequence[str] | None) -> tuple[int, int] | None:
     try:
         start, stop = (int(v) for v in values)
     except ValueError:
-        raise ValueError(f"profile_steps={','.join(values)} must be two integers start,stop") from None
+        raise UserError(f"profile_steps={','.join(values)} must be two integers start,stop") from None
     if not 0 <= start < stop:
-        raise ValueError(f"profile_steps={start},{stop}: need 0 <= start < stop")
+        raise UserError(f"profile_steps={start},{stop}: need 0 <= start < stop")
     return start, stop
 
 
@@ -400,7 +401,7 @@ class HooksMixin:
           ValueError: on an unknown event.
         """
         if event not in HOOK_EVENTS:
-            raise ValueError(f"hook event {event!r} is not one of {', '.join(HOOK_EVENTS)}")
+            raise UserError(f"hook event {event!r} is not one of {', '.join(HOOK_EVENTS)}")
         self._hooks.append(_CallableHook(event, fn))
 
     def request_stop(self, reason: str) -> None:

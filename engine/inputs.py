@@ -21,6 +21,8 @@ from typing import Callable
 
 import tensorflow as tf
 
+from engine.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class EpochInput:
@@ -42,7 +44,7 @@ class EpochInput:
 
     def __post_init__(self):
         if self.steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch={self.steps_per_epoch} must be at least 1")
+            raise UserError(f"steps_per_epoch={self.steps_per_epoch} must be at least 1")
 
     @property
     def element_spec(self):
@@ -84,7 +86,7 @@ class DatasetInput:
             n = int(self.dataset.cardinality())
             if n < 1:
                 kind = "infinite" if n == tf.data.INFINITE_CARDINALITY else "unknown or empty"
-                raise ValueError(f"the training dataset's length is {kind}; pass steps_per_epoch")
+                raise UserError(f"the training dataset's length is {kind}; pass steps_per_epoch")
             object.__setattr__(self, "steps_per_epoch", n)
 
     @property

@@ -21,6 +21,7 @@ from absl import logging
 from engine import batch_norm, replica_state
 from engine.inputs import retire
 from engine.progress import EpochProgress
+from engine.errors import UserError
 
 # Upper bound for the in-graph evaluation loop, which stops when the data ends.
 _MAX_EVAL_STEPS = 2**62
@@ -97,7 +98,7 @@ class LoopsMixin:
                                            ("the non-finite guard (nonfinite_limit)",
                                             self.nonfinite_limit is not None)) if on]
             if needs:
-                raise ValueError(f"{type(self).__name__}.train_step applied no update through "
+                raise UserError(f"{type(self).__name__}.train_step applied no update through "
                                  f"self.apply_gradients, so {', '.join(needs)} would silently do nothing; call "
                                  "self.apply_gradients(gradients, variables) instead of the optimizer's (or turn "
                                  "them off: nonfinite_limit=None)")

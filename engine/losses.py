@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import tensorflow as tf
 
+from engine.errors import UserError
+
 
 def sparse_categorical_crossentropy(*, from_logits: bool = True, label_smoothing: float = 0.0):
     """Cross-entropy of integer labels, per example, with optional label smoothing.
@@ -24,7 +26,7 @@ def sparse_categorical_crossentropy(*, from_logits: bool = True, label_smoothing
       ValueError: if label_smoothing is outside [0, 1).
     """
     if not 0 <= label_smoothing < 1:
-        raise ValueError(f"label_smoothing={label_smoothing} must be in [0, 1)")
+        raise UserError(f"label_smoothing={label_smoothing} must be in [0, 1)")
 
     def loss(labels, outputs):
         outputs = tf.cast(outputs, tf.float32)

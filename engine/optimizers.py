@@ -15,6 +15,8 @@ from __future__ import annotations
 import keras
 import tensorflow as tf
 
+from engine.errors import UserError
+
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "nadam")
 PRECISIONS = ("float32", "bfloat16", "float16")
 
@@ -50,15 +52,15 @@ def build_optimizer(
       ValueError: on an unknown name or an out-of-range value, naming the flag.
     """
     if name not in OPTIMIZERS:
-        raise ValueError(f"optimizer={name!r} is not one of {', '.join(OPTIMIZERS)}")
+        raise UserError(f"optimizer={name!r} is not one of {', '.join(OPTIMIZERS)}")
     if not 0 <= momentum < 1:
-        raise ValueError(f"momentum={momentum} must be in [0, 1)")
+        raise UserError(f"momentum={momentum} must be in [0, 1)")
     if clip_norm is not None and clip_norm <= 0:
-        raise ValueError(f"clip_norm={clip_norm} must be positive")
+        raise UserError(f"clip_norm={clip_norm} must be positive")
     if weight_decay is not None and weight_decay < 0:
-        raise ValueError(f"decoupled_weight_decay={weight_decay} must not be negative")
+        raise UserError(f"decoupled_weight_decay={weight_decay} must not be negative")
     if nesterov and name != "sgd":
-        raise ValueError(f"nesterov applies to optimizer=sgd, not {name}")
+        raise UserError(f"nesterov applies to optimizer=sgd, not {name}")
     common = dict(learning_rate=learning_rate, global_clipnorm=clip_norm)
     if name == "adamw":
         optimizer = keras.optimizers.AdamW(weight_decay=0.004 if weight_decay is None else weight_decay, **common)
@@ -135,5 +137,5 @@ def set_precision(precision: str) -> None:
     """
     policies = {"float32": "float32", "bfloat16": "mixed_bfloat16", "float16": "mixed_float16"}
     if precision not in policies:
-        raise ValueError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
+        raise UserError(f"precision={precision!r} is not one of {', '.join(PRECISIONS)}")
     keras.mixed_precision.set_dtype_policy(policies[precision])

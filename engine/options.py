@@ -10,6 +10,8 @@ import dataclasses
 
 import tensorflow as tf
 
+from engine.errors import UserError
+
 NONFINITE_ACTIONS = ("rollback", "stop")
 
 
@@ -31,9 +33,9 @@ class CheckpointOptions:
 
     def __post_init__(self):
         if self.every_steps is not None and self.every_steps < 1:
-            raise ValueError(f"checkpoint every_steps={self.every_steps} must be at least 1 (or None)")
+            raise UserError(f"checkpoint every_steps={self.every_steps} must be at least 1 (or None)")
         if self.keep < 1:
-            raise ValueError(f"checkpoint keep={self.keep} must be at least 1")
+            raise UserError(f"checkpoint keep={self.keep} must be at least 1")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,13 +62,13 @@ class GuardOptions:
 
     def __post_init__(self):
         if self.nonfinite_limit is not None and self.nonfinite_limit < 1:
-            raise ValueError(f"nonfinite_limit={self.nonfinite_limit} must be at least 1 (or None)")
+            raise UserError(f"nonfinite_limit={self.nonfinite_limit} must be at least 1 (or None)")
         if self.action not in NONFINITE_ACTIONS:
-            raise ValueError(f"guard action={self.action!r} must be one of {', '.join(NONFINITE_ACTIONS)}")
+            raise UserError(f"guard action={self.action!r} must be one of {', '.join(NONFINITE_ACTIONS)}")
         if not 0 < self.rollback_lr_factor <= 1:
-            raise ValueError(f"rollback_lr_factor={self.rollback_lr_factor} must be in (0, 1]")
+            raise UserError(f"rollback_lr_factor={self.rollback_lr_factor} must be in (0, 1]")
         if self.max_rollbacks is not None and self.max_rollbacks < 0:
-            raise ValueError(f"max_rollbacks={self.max_rollbacks} must be at least 0 (or None)")
+            raise UserError(f"max_rollbacks={self.max_rollbacks} must be at least 0 (or None)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -121,11 +123,11 @@ class LookaheadOptions:
 
     def __post_init__(self):
         if self.every_steps < 1:
-            raise ValueError(f"lookahead every_steps={self.every_steps} must be at least 1")
+            raise UserError(f"lookahead every_steps={self.every_steps} must be at least 1")
         if not 0 < self.alpha <= 1:
-            raise ValueError(f"lookahead alpha={self.alpha} must be in (0, 1]")
+            raise UserError(f"lookahead alpha={self.alpha} must be in (0, 1]")
         if self.ramp_steps is not None and self.ramp_steps < 1:
-            raise ValueError(f"lookahead ramp_steps={self.ramp_steps} must be at least 1 (or None)")
+            raise UserError(f"lookahead ramp_steps={self.ramp_steps} must be at least 1 (or None)")
 
     def alpha_at(self, update: tf.Tensor) -> tf.Tensor:
         """alpha_u (float32 scalar) at update u (an integer scalar tensor)."""

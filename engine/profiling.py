@@ -16,6 +16,8 @@ import dataclasses
 import glob
 import os
 
+from engine.errors import UserError
+
 
 @dataclasses.dataclass(frozen=True)
 class OpTypeTime:
@@ -109,7 +111,7 @@ def summarize(path_or_logdir: str) -> ProfileSummary:
         try:
             space.ParseFromString(f.read())
         except Exception as e:  # protobuf's DecodeError
-            raise ValueError(f"{path} is not a profiler trace (XSpace): {e}") from None
+            raise UserError(f"{path} is not a profiler trace (XSpace): {e}") from None
     seconds, counts = collections.Counter(), collections.Counter()
     first, last = None, None
     for plane in space.planes:
@@ -134,7 +136,7 @@ def summarize(path_or_logdir: str) -> ProfileSummary:
             for _, t, self_ps in stack:
                 seconds[t] += self_ps * 1e-12
     if not counts:
-        raise ValueError(f"{path} holds no TensorFlow op on a host plane")
+        raise UserError(f"{path} holds no TensorFlow op on a host plane")
     by_type = tuple(sorted((OpTypeTime(t, max(s, 0.0), counts[t]) for t, s in seconds.items()),
                            key=lambda t: -t.seconds))
     return ProfileSummary(path, (last - first) * 1e-12, sum(t.seconds for t in by_type), by_type)

@@ -8,6 +8,8 @@ from typing import Sequence
 import keras
 import tensorflow as tf
 
+from engine.errors import UserError
+
 SCHEDULES = ("piecewise", "constant", "cosine", "onecycle", "triangle")
 
 
@@ -43,15 +45,15 @@ def piecewise_constant_by_epoch(
     """
     boundaries, multipliers = list(boundaries), list(multipliers)
     if len(boundaries) != len(multipliers):
-        raise ValueError(f"lr_boundaries has {len(boundaries)} values but lr_multipliers has "
+        raise UserError(f"lr_boundaries has {len(boundaries)} values but lr_multipliers has "
                          f"{len(multipliers)}: give one multiplier per boundary")
     if any(b <= 0 for b in boundaries) or any(b2 <= b1 for b1, b2 in zip(boundaries, boundaries[1:])):
-        raise ValueError(f"lr_boundaries={','.join(map(str, boundaries))} must be positive and increasing")
+        raise UserError(f"lr_boundaries={','.join(map(str, boundaries))} must be positive and increasing")
     if not boundaries:
         return base_learning_rate
     steps = [round(b * steps_per_epoch) for b in boundaries]
     if len(set(steps)) != len(steps) or steps and steps[0] < 1:
-        raise ValueError(f"lr_boundaries={','.join(map(str, boundaries))} fall on steps {steps} "
+        raise UserError(f"lr_boundaries={','.join(map(str, boundaries))} fall on steps {steps} "
                          f"with {steps_per_epoch} steps per epoch; they must be distinct and >= 1")
     values = [base_learning_rate] + [base_learning_rate * m for m in multipliers]
     # PiecewiseConstantDecay switches to values[i+1] once step > boundaries[i], so
@@ -108,7 +110,7 @@ class LinearWarmup(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, schedule, warmup_steps: int):
         if warmup_steps < 1:
-            raise ValueError(f"warm-up of {warmup_steps} steps must be at least 1 step")
+            raise UserError(f"warm-up of {warmup_steps} steps must be at least 1 step")
         self.schedule, self.warmup_steps = schedule, int(warmup_steps)
 
     def __call__(self, step):
@@ -137,9 +139,9 @@ class Triangle(keras.optimizers.schedules.LearningRateSchedule):
 
     def __init__(self, peak: float, total_steps: int, pct_start: float = 0.2, start_factor: float = 0.2):
         if total_steps < 2:
-            raise ValueError(f"triangle schedule over {total_steps} steps: need at least 2")
+            raise UserError(f"triangle schedule over {total_steps} steps: need at least 2")
         if not 0 < pct_start < 1:
-            raise ValueError(f"triangle pct_start={pct_start} must be in (0, 1)")
+            raise UserError(f"triangle pct_start={pct_start} must be in (0, 1)")
         self.peak, self.total_steps = float(peak), int(total_steps)
         self.pct_start, self.start_factor = pct_start, start_factor
 
@@ -173,9 +175,9 @@ class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
     def __init__(self, max_learning_rate: float, total_steps: int, pct_start: float = 0.25,
                  div_factor: float = 25.0, final_div_factor: float = 1e4):
         if total_steps < 2:
-            raise ValueError(f"one-cycle schedule over {total_steps} steps: need at least 2")
+            raise UserError(f"one-cycle schedule over {total_steps} steps: need at least 2")
         if not 0 < pct_start < 1:
-            raise ValueError(f"one-cycle pct_start={pct_start} must be in (0, 1)")
+            raise UserError(f"one-cycle pct_start={pct_start} must be in (0, 1)")
         self.peak, self.total_steps, self.pct_start = float(max_learning_rate), int(total_steps), pct_start
         self.div_factor, self.final_div_factor = div_factor, final_div_factor
 
@@ -225,9 +227,9 @@ def build_schedule(
       ValueError: naming the flag of a bad value.
     """
     if name not in SCHEDULES:
-        raise ValueError(f"lr_schedule={name!r} is not one of {', '.join(SCHEDULES)}")
+        raise UserError(f"lr_schedule={name!r} is not one of {', '.join(SCHEDULES)}")
     if warmup_epochs < 0:
-        raise ValueError(f"warmup_epochs={warmup_epochs} must not be negative")
+        raise UserError(f"warmup_epochs={warmup_epochs} must not be negative")
     if name == "piecewise":
         schedule = piecewise_constant_by_epoch(base_learning_rate, boundaries, multipliers, steps_per_epoch)
         if not isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
@@ -239,7 +241,7 @@ def build_schedule(
         # last step (Loshchilov & Hutter, SGDR, 2017; Goyal et al. 2017 for the warm-up).
         warmup_steps = round(warmup_epochs * steps_per_epoch)
         if warmup_steps >= total_steps:
-            raise ValueError(f"warmup_epochs={warmup_epochs:g} ({warmup_steps} steps) leaves none of the "
+            raise UserError(f"warmup_epochs={warmup_epochs:g} ({warmup_steps} steps) leaves none of the "
                              f"{total_steps} steps to decay")
         if not warmup_steps:
             return keras.optimizers.schedules.CosineDecay(base_learning_rate, total_steps, alpha=0.0)
@@ -247,7 +249,7 @@ def build_schedule(
                                                       warmup_target=base_learning_rate, warmup_steps=warmup_steps)
     else:
         if warmup_epochs:
-            raise ValueError(f"warmup_epochs does not apply to lr_schedule={name} (it warms up itself)")
+            raise UserError(f"warmup_epochs does not apply to lr_schedule={name} (it warms up itself)")
         return (OneCycle if name == "onecycle" else Triangle)(base_learning_rate, total_steps)
     warmup_steps = round(warmup_epochs * steps_per_epoch)
     return LinearWarmup(schedule, warmup_steps) if warmup_steps else schedule

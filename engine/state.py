@@ -22,6 +22,8 @@ from typing import Mapping
 import keras
 import tensorflow as tf
 
+from engine.errors import UserError
+
 _FIRST = tf.VariableAggregation.ONLY_FIRST_REPLICA
 
 
@@ -99,7 +101,7 @@ class RunState(tf.Module):
         """
         for name, item in items.items():
             if name in self.RESERVED:
-                raise ValueError(f"checkpoint_items name {name!r} is taken by the Trainer's own state")
+                raise UserError(f"checkpoint_items name {name!r} is taken by the Trainer's own state")
             self.items[name] = item
 
     def checkpoint_objects(self) -> dict[str, object]:

@@ -16,6 +16,7 @@ import keras
 import tensorflow as tf
 
 from engine import tta
+from engine.errors import UserError
 
 
 def _masked_weight(sample_weight, finite: tf.Tensor, y_pred) -> tf.Tensor:
@@ -108,7 +109,7 @@ class StepMixin:
         """float32 [batch]: the weighted losses averaged over the axes after the batch axis."""
         losses = tf.cast(losses, tf.float32)
         if losses.shape.rank == 0:
-            raise ValueError(f"compute_loss returned a scalar (shape {losses.shape}); return per-example losses "
+            raise UserError(f"compute_loss returned a scalar (shape {losses.shape}); return per-example losses "
                              "[batch, ...] and let the Trainer average them over the global batch")
         reference = tf.nest.flatten(y_pred)[0] if y_pred is not None else None
         if reference is not None and reference.shape.rank:
@@ -116,7 +117,7 @@ class StepMixin:
                        f"{reference.shape[0]} of the outputs (shape {reference.shape})")
             if losses.shape[0] is not None and reference.shape[0] is not None:
                 if losses.shape[0] != reference.shape[0]:
-                    raise ValueError(message)
+                    raise UserError(message)
             else:  # A batch size known only when the step runs (e.g. a partial last batch).
                 tf.debugging.assert_equal(tf.shape(losses)[0], tf.shape(reference)[0], message=message)
         if sample_weight is not None:

@@ -50,6 +50,7 @@ from engine.state import RunState
 from engine.summaries import Summaries
 from engine.step import StepMixin
 from engine.update import UpdateMixin
+from engine.errors import UserError
 
 
 __all__ = ["Trainer", "NonFiniteError", "sparse_accuracy", "MetricsFactory"]  # NonFiniteError: from engine.rollback
@@ -172,20 +173,20 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin, R
         self.strategy = strategy or tf.distribute.get_strategy()
         replicas = self.strategy.num_replicas_in_sync
         if global_batch_size < 1 or global_batch_size % replicas:
-            raise ValueError(f"global batch {global_batch_size} is not a positive multiple of {replicas} replicas")
+            raise UserError(f"global batch {global_batch_size} is not a positive multiple of {replicas} replicas")
         if steps_per_loop < 1:
-            raise ValueError(f"steps_per_loop={steps_per_loop} must be at least 1")
+            raise UserError(f"steps_per_loop={steps_per_loop} must be at least 1")
         if accumulation_steps < 1:
-            raise ValueError(f"accumulation_steps={accumulation_steps} must be at least 1")
+            raise UserError(f"accumulation_steps={accumulation_steps} must be at least 1")
         if ema_decay is not None and not 0 < ema_decay < 1:
-            raise ValueError(f"ema_decay={ema_decay} must be in (0, 1)")
+            raise UserError(f"ema_decay={ema_decay} must be in (0, 1)")
         for fn in (loss, eval_loss):
             if isinstance(fn, keras.losses.Loss) and fn.reduction not in (None, "none"):
-                raise ValueError(f"loss {fn.name} reduces with {fn.reduction!r}; build it with reduction=None "
+                raise UserError(f"loss {fn.name} reduces with {fn.reduction!r}; build it with reduction=None "
                                  "so the Trainer can average over the global batch")
         if isinstance(optimizer, Mapping):
             if not optimizer:
-                raise ValueError("optimizer={} names no optimizer")
+                raise UserError("optimizer={} names no optimizer")
             self.optimizers = dict(optimizer)
         else:
             self.optimizers = {"optimizer": optimizer}
@@ -255,7 +256,7 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin, R
         self.best = (BestCheckpoint(os.path.join(self._scratch or model_dir, "best"), best_metric, model=model)
                      if model_dir and best_metric else None)
         if best_metric and not model_dir:
-            raise ValueError(f"best_metric={best_metric!r} needs a model_dir to keep the checkpoint in")
+            raise UserError(f"best_metric={best_metric!r} needs a model_dir to keep the checkpoint in")
         self._restored = False
         self._announced = False
         self.restored_from: str | None = None  # checkpoint restored at start, if any
@@ -294,14 +295,14 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin, R
         for v in model.variables:
             # A Keras 3 variable wraps the tf.Variable that tf.distribute placed.
             if not self.strategy.extended.variable_created_in_scope(getattr(v, "value", v)):
-                raise ValueError(f"variable {v.path if hasattr(v, 'path') else v.name} of model {model.name} was "
+                raise UserError(f"variable {v.path if hasattr(v, 'path') else v.name} of model {model.name} was "
                                  "not created under strategy.scope(); build the model inside it")
         with self.strategy.scope():
             if len(self.optimizers) == 1 and not self.optimizer.built:
                 self.optimizer.build(model.trainable_variables)
             for name, opt in self.optimizers.items():
                 if not opt.built:  # Which variables each one updates is the task's to say.
-                    raise ValueError(f"optimizer {name!r} is not built: call its build(variables) under "
+                    raise UserError(f"optimizer {name!r} is not built: call its build(variables) under "
                                      "strategy.scope() with the variables it will update, before creating the "
                                      "Trainer (Keras 3 creates slot variables lazily, which fails in a "
                                      "distributed step)")
@@ -335,11 +336,11 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin, R
                 self.model(zeros, training=False)
         except Exception as e:  # Anything the model's own code raises: say what to do instead.
             detail = " ".join(re.sub(r"\x1b\[[0-9;]*m", "", str(e)).split())[:300]  # Keras's text, one line
-            raise ValueError(f"model {self.model.name} has no variables yet and calling it on the first batch's "
+            raise UserError(f"model {self.model.name} has no variables yet and calling it on the first batch's "
                              f"features ({features}) failed ({type(e).__name__}: {detail}); build it under "
                              "strategy.scope() before creating the Trainer") from e
         if not self.model_built:
-            raise ValueError(f"model {self.model.name} still has no variables after a call on the first batch's "
+            raise UserError(f"model {self.model.name} still has no variables after a call on the first batch's "
                              "features; build it under strategy.scope() before creating the Trainer")
         self._create_model_state()
 
@@ -417,14 +418,14 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin, R
         steps_per_epoch = train_input.steps_per_epoch
         if train_steps is not None:
             if train_steps < 1:
-                raise ValueError(f"train_steps={train_steps} must be at least 1")
+                raise UserError(f"train_steps={train_steps} must be at least 1")
             total = int(train_steps)
         elif epochs is not None and epochs > 0:
             total = int(round(epochs * steps_per_epoch))
         else:
-            raise ValueError(f"epochs={epochs} must be positive (or give train_steps)")
+            raise UserError(f"epochs={epochs} must be positive (or give train_steps)")
         if eval_every_epochs < 1:
-            raise ValueError(f"eval_every_epochs={eval_every_epochs} must be at least 1")
+            raise UserError(f"eval_every_epochs={eval_every_epochs} must be at least 1")
         self.build_model(train_input.element_spec)  # Before anything is restored or saved.
         self.restore()
         step = self.global_step

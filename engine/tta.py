@@ -13,13 +13,15 @@ from typing import Callable
 
 import tensorflow as tf
 
+from engine.errors import UserError
+
 TTA_MODES = ("none", "flip", "flip_translate")
 
 
 def check_mode(mode: str) -> str:
     """Returns `mode`, or raises ValueError naming the known modes."""
     if mode not in TTA_MODES:
-        raise ValueError(f"test_time_augmentation={mode!r} is not one of {', '.join(TTA_MODES)}")
+        raise UserError(f"test_time_augmentation={mode!r} is not one of {', '.join(TTA_MODES)}")
     return mode
 
 

@@ -14,6 +14,8 @@ import contextlib
 import keras
 import tensorflow as tf
 
+from engine.errors import UserError
+
 
 class UpdateMixin:
     """Trainer methods of the update; the state (accumulators, EMA pairs, counters) is the Trainer's."""
@@ -60,7 +62,7 @@ class UpdateMixin:
         if self.state.accumulators:
             if optimizer is not self.optimizer or [id(v) for v in variables] != \
                     [id(v) for v in self.model.trainable_variables]:
-                raise ValueError("accumulation_steps > 1 accumulates the main optimizer's update of "
+                raise UserError("accumulation_steps > 1 accumulates the main optimizer's update of "
                                  "model.trainable_variables only; apply other updates without accumulation")
             for acc, g in zip(self.state.accumulators, gradients):
                 if g is not None:
@@ -84,10 +86,10 @@ class UpdateMixin:
             return self.optimizer
         if isinstance(optimizer, str):
             if optimizer not in self.optimizers:
-                raise ValueError(f"no optimizer {optimizer!r}; the Trainer has {', '.join(self.optimizers)}")
+                raise UserError(f"no optimizer {optimizer!r}; the Trainer has {', '.join(self.optimizers)}")
             return self.optimizers[optimizer]
         if not any(optimizer is o for o in self.optimizers.values()):
-            raise ValueError("apply_gradients was given an optimizer the Trainer does not hold; pass it to the "
+            raise UserError("apply_gradients was given an optimizer the Trainer does not hold; pass it to the "
                              "Trainer (optimizer={name: optimizer}) so it is built, checkpointed and scaled")
         return optimizer
 

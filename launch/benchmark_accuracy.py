@@ -29,6 +29,8 @@ import time
 
 from absl import app, flags
 
+from engine.errors import UserError
+
 flags.DEFINE_string("recipe", None, "A launch/*.flags recipe with a '# target: <accuracy>% in <minutes> min' line.")
 flags.DEFINE_string("data_dir", "../shared/data/cifar10-bin", "CIFAR-10 folder (see launch.train); the lossless copy "
                     "for every accuracy figure.")
@@ -49,7 +51,7 @@ def read_target(recipe: str) -> tuple[float, float]:
     with open(recipe) as f:
         match = _TARGET.search(f.read())
     if not match:
-        raise ValueError(f"--recipe={recipe} has no '# target: <accuracy>% in <minutes> min' line")
+        raise UserError(f"--recipe={recipe} has no '# target: <accuracy>% in <minutes> min' line")
     return float(match.group(1)) / 100, float(match.group(2))
 
 

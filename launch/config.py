@@ -35,6 +35,7 @@ from engine.optimizers import OPTIMIZERS, PRECISIONS
 from engine.schedules import SCHEDULES
 from engine.tta import TTA_MODES
 from models import MODEL_NAMES
+from engine.errors import UserError
 
 # The tutorial's learning rate is 0.1 at a global batch of 128, scaled linearly.
 REFERENCE_BATCH = 128
@@ -90,9 +91,9 @@ class Section:
             if value is None:
                 continue
             if meta.get("choices") and value not in meta["choices"]:
-                raise ValueError(f"--{name}={value!r} is not known; choose one of {', '.join(meta['choices'])}")
+                raise UserError(f"--{name}={value!r} is not known; choose one of {', '.join(meta['choices'])}")
             if meta.get("rule") and not meta["rule"][1](value):
-                raise ValueError(f"--{name}={show_value(value)} must be {meta['rule'][0]}")
+                raise UserError(f"--{name}={show_value(value)} must be {meta['rule'][0]}")
         self.check()
 
     def check(self) -> None:
@@ -134,15 +135,15 @@ class DataConfig(Section):
 
     def check(self):
         if self.data_dir is not None and not os.path.exists(os.path.expanduser(self.data_dir)):
-            raise ValueError(f"--data_dir={self.data_dir} does not exist")
+            raise UserError(f"--data_dir={self.data_dir} does not exist")
         for name in ("train_data", "eval_data"):
             path = getattr(self, name)
             if path and not os.path.exists(path) and not any(ch in path for ch in "*?["):
-                raise ValueError(f"--{name}={path} does not exist")
+                raise UserError(f"--{name}={path} does not exist")
         if self.eval_data and not self.train_data:
-            raise ValueError("--eval_data needs --train_data")
+            raise UserError("--eval_data needs --train_data")
         if self.image_size and (len(self.image_size) != 2 or min(self.image_size) < 1):
-            raise ValueError(f"--image_size={show_value(self.image_size)} must be height,width")
+            raise UserError(f"--image_size={show_value(self.image_size)} must be height,width")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,9 +172,9 @@ class ModelConfig(Section):
 
     def check(self):
         if self.resize_to and len(self.resize_to) != 2:
-            raise ValueError(f"--resize_to={show_value(self.resize_to)} must be height,width")
+            raise UserError(f"--resize_to={show_value(self.resize_to)} must be height,width")
         if self.finetune_after_epochs is not None and not self.backbone:
-            raise ValueError("--finetune_after_epochs needs --backbone")
+            raise UserError("--finetune_after_epochs needs --backbone")
 
     @property
     def backbone_weights_or_none(self) -> str | None:
@@ -228,10 +229,10 @@ class ScheduleConfig(Section):
 
     def check(self):
         if self.warmup_epochs and self.lr_schedule in ("onecycle", "triangle"):
-            raise ValueError(f"--warmup_epochs does not apply to --lr_schedule={self.lr_schedule} (it warms up "
+            raise UserError(f"--warmup_epochs does not apply to --lr_schedule={self.lr_schedule} (it warms up "
                              "itself)")
         if len(self.lr_boundaries) != len(self.lr_multipliers):
-            raise ValueError(f"--lr_boundaries has {len(self.lr_boundaries)} values but --lr_multipliers has "
+            raise UserError(f"--lr_boundaries has {len(self.lr_boundaries)} values but --lr_multipliers has "
                              f"{len(self.lr_multipliers)}: give one multiplier per boundary")
 
 
@@ -288,16 +289,16 @@ class RunConfig(Section):
 
     def check(self):
         if not self.model_dir:
-            raise ValueError("--model_dir must be set")
+            raise UserError("--model_dir must be set")
         check_writable_folder(self.model_dir)
         if self.train_steps is None and not self.epochs > 0:
-            raise ValueError(f"--epochs={show_value(self.epochs)} must be positive")
+            raise UserError(f"--epochs={show_value(self.epochs)} must be positive")
         if self.best_metric and not self.best_metric.startswith("eval_"):
-            raise ValueError(f"--best_metric={self.best_metric!r} must name an eval metric (eval_loss, "
+            raise UserError(f"--best_metric={self.best_metric!r} must name an eval metric (eval_loss, "
                              "eval_accuracy, ...) or be empty")
         if self.profile_steps and (len(self.profile_steps) != 2 or not 0 <= self.profile_steps[0]
                                    < self.profile_steps[1]):
-            raise ValueError(f"--profile_steps={show_value(self.profile_steps)} must be start,stop "
+            raise UserError(f"--profile_steps={show_value(self.profile_steps)} must be start,stop "
                              "with 0 <= start < stop")
 
 
@@ -375,7 +376,7 @@ def _parse(flag: str, kind, raw):
                 out.append(element(v) if element is not int else int(str(v)))
             except (TypeError, ValueError):
                 noun = "an integer" if element is int else "a number"
-                raise ValueError(f"--{flag}: {v!r} is not {noun}") from None
+                raise UserError(f"--{flag}: {v!r} is not {noun}") from None
         return tuple(out)
     return raw
 
@@ -410,13 +411,13 @@ class TrainConfig:
         run, model = self.run, self.model
         if model.finetune_after_epochs is not None and run.train_steps is None \
                 and model.finetune_after_epochs >= run.epochs:
-            raise ValueError(f"--finetune_after_epochs={model.finetune_after_epochs:g} leaves no epochs of "
+            raise UserError(f"--finetune_after_epochs={model.finetune_after_epochs:g} leaves no epochs of "
                              f"--epochs={run.epochs:g} to fine-tune")
         streamed = [f"--{name}={path}" for name in ("train_data", "eval_data")
                     if (path := getattr(self.data, name)) and sources.source_kind(path) == "tfrecord"]
         if streamed and self.data.cache == "none" and self.distribution.strategy == "parameter_server":
             # The records are read by a Python function, which the remote workers cannot run.
-            raise ValueError(f"{streamed[0]}: TFRecords are streamed with --cache=none by a Python reader that "
+            raise UserError(f"{streamed[0]}: TFRecords are streamed with --cache=none by a Python reader that "
                              "parameter-server workers cannot run; use --cache=encoded or --cache=decoded")
 
     @classmethod
@@ -476,7 +477,7 @@ class TrainConfig:
         if run.global_batch_size is None:
             return run.batch_size * num_replicas
         if run.global_batch_size % num_replicas:
-            raise ValueError(f"--global_batch_size={run.global_batch_size} is not divisible by "
+            raise UserError(f"--global_batch_size={run.global_batch_size} is not divisible by "
                              f"{num_replicas} replicas")
         return run.global_batch_size
 
@@ -532,7 +533,7 @@ class TrainConfig:
             why = "the checkpoint's model, batch or optimizer" if any(g == LOCKED for g, _ in refused) \
                 else "a --deterministic run's data order"
             refused = [change for _, change in refused]
-            raise ValueError(f"--model_dir={self.run.model_dir} holds a run with other settings "
+            raise UserError(f"--model_dir={self.run.model_dir} holds a run with other settings "
                              f"({'; '.join(refused)}): that changes {why}. Use another --model_dir, or "
                              "--allow_config_change to resume anyway")
         return changes
@@ -554,16 +555,16 @@ def check_writable_folder(path: str) -> None:
     """
     path = os.path.abspath(os.path.expanduser(path))
     if os.path.exists(path) and not os.path.isdir(path):
-        raise ValueError(f"--model_dir={path} is a file, not a folder")
+        raise UserError(f"--model_dir={path} is a file, not a folder")
     parent = path
     while not os.path.exists(parent):
         parent = os.path.dirname(parent)
     if not os.path.isdir(parent):
-        raise ValueError(f"--model_dir={path}: {parent} is a file, not a folder")
+        raise UserError(f"--model_dir={path}: {parent} is a file, not a folder")
     try:  # A probe, removed at once: os.access says yes to root even on /proc and /sys.
         os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=parent))
     except OSError as e:
-        raise ValueError(f"--model_dir={path}: cannot create or write a folder in {parent} "
+        raise UserError(f"--model_dir={path}: cannot create or write a folder in {parent} "
                          f"({e.strerror or e})") from None
 
 

@@ -31,12 +31,13 @@ def main(argv: list[str]) -> None:
 
     from datasets import cifar10, in_memory
     from engine import Trainer, sparse_accuracy
+    from engine.errors import UserError
     from launch import experiment
 
     try:
         model, info, path = experiment.load_trained(FLAGS.model_dir, FLAGS.checkpoint)
         data = cifar10.load(FLAGS.data_dir)
-    except ValueError as e:
+    except UserError as e:  # One line; any other error shows its traceback.
         sys.exit(f"launch.evaluate: error: {e}")
     mean, std = info["normalize"]["mean"], info["normalize"]["std"]
     split = data.test if FLAGS.split == "test" else data.train

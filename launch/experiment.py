@@ -26,6 +26,7 @@ from engine.schedules import build_schedule
 from engine.progress import EpochProgress
 from launch import tasks
 from launch.config import TrainConfig
+from engine.errors import UserError
 
 
 @dataclasses.dataclass
@@ -141,17 +142,17 @@ def prepare(config: TrainConfig) -> Run:
     task.check(config)
     if config.run.tta != "none" and "accuracy" not in task.metrics:
         # Averaging over mirrored inputs suits labels that do not move with the image.
-        raise ValueError(f"--tta={config.run.tta} applies to image classification; the {task.name} task's "
+        raise UserError(f"--tta={config.run.tta} applies to image classification; the {task.name} task's "
                          "outputs would not be averaged with their inputs' mirrors")
     if config.run.best_metric and config.run.best_metric not in [f"eval_{m}" for m in ("loss", *task.metrics)]:
-        raise ValueError(f"--best_metric={config.run.best_metric!r}: the {task.name} task reports "
+        raise UserError(f"--best_metric={config.run.best_metric!r}: the {task.name} task reports "
                          f"{', '.join(f'eval_{m}' for m in ('loss', *task.metrics))} (or leave it empty)")
     dist = config.distribution
     cluster = distribution.cluster_from_env_or_flags(
         worker_hosts=dist.worker_hosts, ps_hosts=dist.ps_hosts, chief_host=dist.chief_host,
         task_type=dist.task_type, task_index=dist.task_index)
     if cluster is not None and config.distribution.strategy not in distribution.MULTI_WORKER:
-        raise ValueError(f"a cluster is given (TF_CONFIG or --worker_hosts) but --strategy={dist.strategy}; "
+        raise UserError(f"a cluster is given (TF_CONFIG or --worker_hosts) but --strategy={dist.strategy}; "
                          f"use one of {', '.join(distribution.MULTI_WORKER)}")
     if cluster is not None:
         cluster.check_port_free()
@@ -290,7 +291,7 @@ def load_trained(model_dir: str, checkpoint: str = "latest") -> tuple[keras.Mode
     """
     for name in (MODEL_FILE, RUN_JSON):
         if not os.path.isfile(os.path.join(model_dir, name)):
-            raise ValueError(f"--model_dir={model_dir} has no {name}: is it a launch.train model_dir?")
+            raise UserError(f"--model_dir={model_dir} has no {name}: is it a launch.train model_dir?")
     with open(os.path.join(model_dir, RUN_JSON)) as f:
         info = json.load(f)
     model_file = os.path.join(model_dir, MODEL_FILE)
@@ -300,13 +301,13 @@ def load_trained(model_dir: str, checkpoint: str = "latest") -> tuple[keras.Mode
     elif checkpoint == "best":
         best = os.path.join(model_dir, "best", "best.json")
         if not os.path.isfile(best):
-            raise ValueError(f"--model_dir={model_dir} has no best checkpoint ({best} is missing)")
+            raise UserError(f"--model_dir={model_dir} has no best checkpoint ({best} is missing)")
         with open(best) as f:
             path = os.path.join(model_dir, "best", json.load(f)["checkpoint"])
     else:
         path = checkpoint
     if not path or not tf.io.gfile.exists(path + ".index"):
-        raise ValueError(f"no checkpoint {checkpoint!r} in {model_dir}")
+        raise UserError(f"no checkpoint {checkpoint!r} in {model_dir}")
     # read(), not restore(): the best checkpoint is written by Checkpoint.write, without
     # the save_counter that restore() would create and then find unmatched.
     tf.train.Checkpoint(model=model).read(path).expect_partial().assert_existing_objects_matched()

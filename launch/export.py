@@ -24,11 +24,12 @@ FLAGS = flags.FLAGS
 def main(argv: list[str]) -> None:
     del argv
     from engine.export import export_classifier
+    from engine.errors import UserError
     from launch import experiment
 
     try:
         model, info, path = experiment.load_trained(FLAGS.model_dir, FLAGS.checkpoint)
-    except ValueError as e:
+    except UserError as e:  # One line; any other error shows its traceback.
         sys.exit(f"launch.export: error: {e}")
     export_classifier(model, FLAGS.output, preprocess=experiment.normalizer(info),
                       image_shape=info["image_shape"], class_names=info["class_names"])

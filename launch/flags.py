@@ -20,6 +20,7 @@ from absl import flags
 
 from launch import config as config_lib
 from launch import tasks
+from engine.errors import UserError
 
 FLAGS = flags.FLAGS
 
@@ -78,7 +79,7 @@ def define_train_flags() -> None:
         for field, annotation in fields:
             name = config_lib.flag_name(field)
             if name in seen:
-                raise ValueError(f"flag --{name} is defined by both {seen[name]} and {title}")
+                raise UserError(f"flag --{name} is defined by both {seen[name]} and {title}")
             seen[name] = title
             _define(field, annotation, title)
 

@@ -18,6 +18,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 from absl import app, flags  # noqa: E402
 
+from engine.errors import UserError
+
 flags.DEFINE_string("model_dir", None, "A launch.train --model_dir.")
 flags.DEFINE_string("output", None, "PNG path; default <model_dir>/curves.png.")
 FLAGS = flags.FLAGS
@@ -31,14 +33,14 @@ def read_history(model_dir: str) -> list[dict]:
     """
     path = os.path.join(model_dir, "history.json")
     if not os.path.isfile(path):
-        raise ValueError(f"{path} does not exist: is --model_dir a launch.train folder with an epoch done?")
+        raise UserError(f"{path} does not exist: is --model_dir a launch.train folder with an epoch done?")
     try:
         with open(path) as f:
             rows = json.load(f)
     except json.JSONDecodeError as e:
-        raise ValueError(f"{path} is not valid JSON ({e})") from None
+        raise UserError(f"{path} is not valid JSON ({e})") from None
     if not rows:
-        raise ValueError(f"{path} holds no epochs")
+        raise UserError(f"{path} holds no epochs")
     return rows
 
 

@@ -55,9 +55,11 @@ def main(argv: list[str]) -> None:
     import numpy as np
     import tensorflow as tf
 
+    from engine.errors import UserError
+
     try:
         serve, shape, names = load_classifier(FLAGS.model, FLAGS.checkpoint)
-    except ValueError as e:
+    except UserError as e:  # One line; any other error shows its traceback.
         sys.exit(f"launch.predict: error: {e}")
     images = []
     for path in files:

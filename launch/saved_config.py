@@ -12,6 +12,7 @@ from typing import Any
 
 from engine.files import write_atomic
 from launch.config import TrainConfig, flag_argument
+from engine.errors import UserError
 
 CONFIG_FLAGS, CONFIG_JSON = "config.flags", "config.json"
 
@@ -48,4 +49,4 @@ def read_saved_config(model_dir: str) -> dict[str, Any] | None:
         with open(path) as f:
             return json.load(f)
     except (OSError, ValueError) as e:
-        raise ValueError(f"{path} is unreadable ({e}); move it away to start the run's config afresh") from None
+        raise UserError(f"{path} is unreadable ({e}); move it away to start the run's config afresh") from None

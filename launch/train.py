@@ -47,10 +47,6 @@ def flagfiles_first(argv: list[str]) -> list[str]:
     return argv[:1] + [a for a in rest if is_flagfile(a)] + [a for a in rest if not is_flagfile(a)]
 
 
-class UserError(Exception):
-    """A failure the user can fix: reported as one line and exit status 1."""
-
-
 def fail(message: str, error: BaseException | None = None) -> None:
     """Exits with status 1 and `launch.train: error: <message>`; the traceback only with --verbose_errors."""
     if error is not None and FLAGS["verbose_errors"].value:
@@ -78,6 +74,7 @@ def main(argv: list[str]) -> None:
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # TF logs every checkpoint save at INFO.
     from engine.checkpoint import CheckpointWriteError
+    from engine.errors import UserError
     from engine.progress import EpochProgress
     from engine.trainer import NonFiniteError
     from launch import experiment
@@ -87,8 +84,8 @@ def main(argv: list[str]) -> None:
         saved = saved_config.read_saved_config(config.run.model_dir)
         changes = config.compare_saved(saved) if saved is not None else []  # Refuses what would corrupt the run.
         run = experiment.prepare(config)  # Bad data or checkpoints fail here, before any training.
-    except ValueError as e:
-        fail(str(e), e)  # One clear line, nothing trained or written.
+    except UserError as e:
+        fail(str(e), e)  # One clear line, nothing trained or written. Any other error shows its traceback.
     except OSError as e:
         fail(_os_error_line(e), e)
     trainer = run.trainer

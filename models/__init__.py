@@ -7,6 +7,7 @@ import keras
 from models.airbench import airbench, initialize_whitening
 from models.resnet_cifar import DEPTHS, resnet_cifar
 from models.small import mlp, small_cnn
+from engine.errors import UserError
 
 # airbench's networks differ only in their three blocks' widths (airbench93, airbench94
 # = "airbench", airbench95; github.com/KellerJordan/cifar10-airbench, lib_airbench93.py and
@@ -42,7 +43,7 @@ def build(name: str, *, num_classes: int = 10, input_shape=(32, 32, 3),
         return small_cnn(num_classes=num_classes, input_shape=input_shape, weight_decay=weight_decay)
     if name == "mlp":
         return mlp(num_classes=num_classes, input_shape=input_shape, weight_decay=weight_decay)
-    raise ValueError(f"--model={name!r} is not a known model; choose one of {', '.join(MODEL_NAMES)}")
+    raise UserError(f"--model={name!r} is not a known model; choose one of {', '.join(MODEL_NAMES)}")
 
 
 __all__ = ["MODEL_NAMES", "build", "airbench", "initialize_whitening", "resnet_cifar", "small_cnn", "mlp"]

@@ -19,6 +19,8 @@ import keras
 import numpy as np
 from keras import layers, ops
 
+from engine.errors import UserError
+
 
 @keras.saving.register_keras_serializable(package="airbench")
 class PatchWhitening(keras.layers.Layer):
@@ -73,16 +75,16 @@ class PatchWhitening(keras.layers.Layer):
           ValueError: if the layer is not built or the channels differ.
         """
         if not self.built:
-            raise ValueError(f"{self.name}: build the model before initialising its whitening")
+            raise UserError(f"{self.name}: build the model before initialising its whitening")
         if eps is not None:
             if eps <= 0:
-                raise ValueError(f"{self.name}: whitening eps={eps} must be positive")
+                raise UserError(f"{self.name}: whitening eps={eps} must be positive")
             self.eps = eps
         k = self.patch_size
         images = np.asarray(images, np.float64)
         n, h, w, c = images.shape
         if c != self.kernel.shape[2]:
-            raise ValueError(f"{self.name}: images have {c} channels, the layer {self.kernel.shape[2]}")
+            raise UserError(f"{self.name}: images have {c} channels, the layer {self.kernel.shape[2]}")
         # Every k x k patch as a row, ordered (dy, dx, channel) like the kernel's first three axes.
         patches = np.stack([images[:, dy:h - k + 1 + dy, dx:w - k + 1 + dx, :]
                             for dy in range(k) for dx in range(k)], axis=3).reshape(-1, k * k * c)
@@ -122,7 +124,7 @@ class ScaledBias(keras.layers.Layer):
     def __init__(self, lr_multiplier: float = 64.0, weight_decay: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         if lr_multiplier <= 0:
-            raise ValueError(f"{self.name}: lr_multiplier={lr_multiplier} must be positive")
+            raise UserError(f"{self.name}: lr_multiplier={lr_multiplier} must be positive")
         self.lr_multiplier, self.weight_decay = lr_multiplier, weight_decay
 
     def build(self, input_shape):

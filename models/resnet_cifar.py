@@ -14,6 +14,8 @@ from __future__ import annotations
 import keras
 from keras import layers
 
+from engine.errors import UserError
+
 # BatchNorm settings of TensorFlow's official Keras ResNet for CIFAR (the tutorial
 # adapts it): a momentum of 0.9 lets the moving statistics follow the fast-moving
 # weights of short runs, where Keras's default 0.99 lags behind.
@@ -94,7 +96,7 @@ def resnet_cifar(
     Reference: He et al., "Deep Residual Learning for Image Recognition", 2016, sec. 4.2.
     """
     if depth < 8 or (depth - 2) % 6:
-        raise ValueError(f"ResNet depth {depth} is not of the form 6n+2 (20, 32, 44, 56, 110)")
+        raise UserError(f"ResNet depth {depth} is not of the form 6n+2 (20, 32, 44, 56, 110)")
     blocks_per_stage = (depth - 2) // 6
     inputs = keras.Input(shape=input_shape, name="images")
     x = _conv(16, 1, weight_decay, "conv1")(inputs)

@@ -14,6 +14,8 @@ import os
 import keras
 from keras import layers
 
+from engine.errors import UserError
+
 # keras.applications constructors by name (include_top=False is always passed).
 APPLICATIONS = {
     "ResNet50": keras.applications.ResNet50,
@@ -51,7 +53,7 @@ class ApplicationPreprocess(layers.Layer):
     def __init__(self, application: str, **kwargs):
         super().__init__(**kwargs)
         if application not in _PREPROCESS:
-            raise ValueError(f"no preprocessing known for {application!r}")
+            raise UserError(f"no preprocessing known for {application!r}")
         self.application = application
 
     def call(self, x):
@@ -81,16 +83,16 @@ def applications_backbone(name: str, *, input_shape=(224, 224, 3), weights: str 
         ImageNet download (offline); the message says how to pass a local file.
     """
     if name not in APPLICATIONS:
-        raise ValueError(f"--backbone={name!r} is not a known keras.applications network; "
+        raise UserError(f"--backbone={name!r} is not a known keras.applications network; "
                          f"choose one of {', '.join(APPLICATIONS)}")
     if weights not in (None, "imagenet") and not os.path.isfile(weights):
-        raise ValueError(f"--backbone_weights={weights} does not exist")
+        raise UserError(f"--backbone_weights={weights} does not exist")
     try:
         return APPLICATIONS[name](include_top=False, weights=weights, input_shape=tuple(input_shape), **kwargs)
     except Exception as e:  # Download failures come as URLError, OSError, Exception.
         if weights != "imagenet":
             raise
-        raise ValueError(f"could not fetch ImageNet weights for {name} ({type(e).__name__}: {e}); offline, "
+        raise UserError(f"could not fetch ImageNet weights for {name} ({type(e).__name__}: {e}); offline, "
                          "pass a local weights file with --backbone_weights=<path.h5> (the *_notop file of "
                          "keras.applications)") from e
 
@@ -112,10 +114,10 @@ def saved_backbone(path: str, cut: str | int | None = None) -> keras.Model:
         asked of a SavedModel (which has no layers to cut at).
     """
     if not os.path.exists(path):
-        raise ValueError(f"--backbone={path} does not exist")
+        raise UserError(f"--backbone={path} does not exist")
     if os.path.isdir(path):
         if cut is not None:
-            raise ValueError(f"--backbone={path} is a SavedModel, which cannot be cut at a layer; "
+            raise UserError(f"--backbone={path} is a SavedModel, which cannot be cut at a layer; "
                              "save it as .keras to cut it")
         return keras.Sequential([keras.layers.TFSMLayer(path, call_endpoint="serving_default")])
     model = load_trusted_layers(path, what=f"--backbone={path}")
@@ -125,7 +127,7 @@ def saved_backbone(path: str, cut: str | int | None = None) -> keras.Model:
         layer = model.get_layer(cut) if isinstance(cut, str) else model.layers[cut]
     except (ValueError, IndexError):
         names = ", ".join(layer.name for layer in model.layers[-5:])
-        raise ValueError(f"--backbone_cut={cut!r} is not a layer of {path} (its last layers: {names})") from None
+        raise UserError(f"--backbone_cut={cut!r} is not a layer of {path} (its last layers: {names})") from None
     return keras.Model(model.inputs, layer.output, name=f"{model.name}_to_{layer.name}")
 
 
@@ -151,7 +153,7 @@ def load_trusted_layers(path: str, *, what: str) -> keras.Model:
         if "safe_mode" not in str(e):
             raise
         layer = "a Lambda layer" if "Lambda" in str(e) else "an object"
-        raise ValueError(f"{what} holds {layer} with Python code, which Keras's safe mode refuses to load "
+        raise UserError(f"{what} holds {layer} with Python code, which Keras's safe mode refuses to load "
                          "(it could run anything); rebuild that layer in code and save the model without "
                          "it") from None
 

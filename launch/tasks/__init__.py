@@ -11,6 +11,7 @@ import importlib
 import pkgutil
 
 from launch.tasks.base import Task, TaskData
+from engine.errors import UserError
 
 _SKIP = {"base"}
 
@@ -27,7 +28,7 @@ def get(name: str) -> Task:
       ValueError: naming the flag and the known tasks if there is none.
     """
     if name not in names():
-        raise ValueError(f"--task={name!r} is not a known task; choose one of {', '.join(names())}")
+        raise UserError(f"--task={name!r} is not a known task; choose one of {', '.join(names())}")
     return importlib.import_module(f"launch.tasks.{name}").TASK
 
 

@@ -22,6 +22,7 @@ from engine.losses import sparse_categorical_crossentropy
 from launch.tasks.base import Task, TaskData
 from models import transfer
 from models.airbench import PatchWhitening
+from engine.errors import UserError
 
 
 class Classification(Task):
@@ -52,7 +53,7 @@ class Classification(Task):
         if any(isinstance(layer, PatchWhitening) for layer in model._flatten_layers(include_self=False)):
             sample = data.runtime.get("whitening_images")
             if sample is None:
-                raise ValueError(f"--model={config.model.name} initialises its whitening layer from the training "
+                raise UserError(f"--model={config.model.name} initialises its whitening layer from the training "
                                  "images of --data_dir (CIFAR-10 in memory); --train_data is not supported for it")
             models.initialize_whitening(model, sample, eps=config.model.whitening_eps)
         return model
@@ -81,7 +82,7 @@ def load_images(config, global_batch: int, progress: bool) -> tuple[images.Image
         eval_index = (sources.image_source(config.data.eval_data, train.class_names, keep_bytes=keep_bytes)
                       if config.data.eval_data else None)
         if eval_index is not None and eval_index.num_classes != train.num_classes:
-            raise ValueError(f"--eval_data={config.data.eval_data} has {eval_index.num_classes} classes but "
+            raise UserError(f"--eval_data={config.data.eval_data} has {eval_index.num_classes} classes but "
                              f"--train_data={config.data.train_data} has {train.num_classes}")
         p = images.build(train, eval_index, global_batch_size=global_batch, seed=config.run.seed,
                          augment_names=config.data.augment, image_size=config.data.image_size or None,
@@ -91,7 +92,7 @@ def load_images(config, global_batch: int, progress: bool) -> tuple[images.Image
     data = cifar10.load(config.data.data_dir, skip_bad=config.data.skip_bad_examples, progress=progress)
     recipe, per_image = augment.parse_recipe(config.data.augment)
     if per_image:
-        raise ValueError("--augment=imagenet needs --train_data (image files); CIFAR-10 from --data_dir is 32x32")
+        raise UserError("--augment=imagenet needs --train_data (image files); CIFAR-10 from --data_dir is 32x32")
     spec = {"kind": "channel", "mean": list(augment.CIFAR10_MEAN), "std": list(augment.CIFAR10_STD)}
     train_fn = in_memory.train_dataset_fn(data.train.images, data.train.labels, global_batch_size=global_batch,
                                           seed=config.run.seed, recipe=recipe)
@@ -135,7 +136,7 @@ def _undo_normalization(spec: dict) -> keras.layers.Layer:
         return keras.layers.Rescaling(255.0)
     if kind == "imagenet":
         return keras.layers.Normalization(mean=[-m for m in augment.IMAGENET_MEAN], variance=[1.0, 1.0, 1.0])
-    raise ValueError(f"--normalize={kind} cannot be undone for a keras.applications backbone; use channel, "
+    raise UserError(f"--normalize={kind} cannot be undone for a keras.applications backbone; use channel, "
                      "unit or imagenet")
 
 

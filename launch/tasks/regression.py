@@ -20,6 +20,7 @@ from datasets import augment, in_memory
 from engine import Trainer
 from launch.config import NON_NEGATIVE, Section, setting
 from launch.tasks.base import Task, TaskData
+from engine.errors import UserError
 
 SLOPE, INTERCEPT = 2.0, 1.2
 
@@ -63,7 +64,7 @@ class Regression(Task):
     def data(self, config, global_batch: int, progress: bool) -> TaskData:
         n, noise = config.option("regression_examples"), config.option("regression_noise")
         if n < global_batch:
-            raise ValueError(f"--regression_examples={n} is smaller than the global batch {global_batch}")
+            raise UserError(f"--regression_examples={n} is smaller than the global batch {global_batch}")
         x, y = linear_data(n, config.run.seed, noise)
         ex, ey = linear_data(max(1, n // 4), config.run.seed + 1, noise)
         return TaskData(

@@ -26,6 +26,7 @@ from engine import Trainer, sparse_accuracy
 from engine.losses import sparse_categorical_crossentropy
 from launch.config import Section, setting
 from launch.tasks.base import Task, TaskData
+from engine.errors import UserError
 
 
 def class_weights(spec: str, labels: np.ndarray, num_classes: int) -> np.ndarray:
@@ -41,9 +42,9 @@ def class_weights(spec: str, labels: np.ndarray, num_classes: int) -> np.ndarray
     try:
         weights = np.array([float(v) for v in spec.split(",")], np.float32)
     except ValueError:
-        raise ValueError(f"--class_weights={spec!r} must be 'balanced' or {num_classes} numbers") from None
+        raise UserError(f"--class_weights={spec!r} must be 'balanced' or {num_classes} numbers") from None
     if len(weights) != num_classes or (weights < 0).any() or not (weights > 0).any():
-        raise ValueError(f"--class_weights={spec!r} must give {num_classes} non-negative weights, one positive")
+        raise UserError(f"--class_weights={spec!r} must give {num_classes} non-negative weights, one positive")
     return weights
 
 
