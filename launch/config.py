@@ -8,7 +8,10 @@ derived from those declarations:
 - launch.flags defines one absl flag per field (same name unless `flag=` says
   otherwise), with the field's help text, grouped by section in `--helpshort`;
 - `TrainConfig.from_flag_values` builds and validates the config from flag
-  values (once, here: bad values raise one ValueError naming the flag);
+  values (once, here: bad values raise one UserError naming the flag);
+- `TrainConfig.engine_options` builds the engine's option groups and the
+  Trainer's keywords from the settings that declare `engine="group.field"`
+  (launch/settings.py), so an engine option is declared once, here;
 - `saved_flags` / `flag_lines` write the resolved configuration into the
   model_dir (a flagfile that reruns the job, and JSON), and `compare_saved`
   reports and guards what changed on a rerun.
@@ -23,9 +26,8 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tempfile
 import typing
-from typing import Any, Callable, Iterable
+from typing import Any
 
 from datasets import sources
 from datasets.augment import NORMALIZATIONS
@@ -41,72 +43,12 @@ from engine.errors import UserError
 REFERENCE_BATCH = 128
 
 
-# What a rerun on the same model_dir may not change without --allow_config_change:
-LOCKED = "locked"  # the checkpoint's structure or the meaning of its step (model, batch, optimizer).
-LOCKED_IF_DETERMINISTIC = "locked_if_deterministic"  # the data order a --deterministic run replays.
+from launch.settings import (LOCKED, LOCKED_IF_DETERMINISTIC, NON_NEGATIVE, OFF_OR_POSITIVE, Section,  # noqa: F401
+                             _in, _parse, check_writable_folder, engine_options, fields_of, flag_argument,
+                             flag_name, parse_floats, setting, show_value)
 
-
-def setting(default, help: str, *, flag: str | None = None, choices: Iterable[str] | None = None,
-            rule: tuple[str, Callable[[Any], bool]] | None = None, positive: bool = False,
-            save: bool = True, compare: bool = True, guard: str | None = None):
-    """Declares one setting of a config section (a dataclass field) and its flag.
-
-    Args:
-      default: the default value (also the flag's).
-      help: the flag's help text.
-      flag: the flag's name, if not the field's.
-      choices: the allowed values (checked when the config is built, shown in help).
-      rule: (text, predicate): a value that fails the predicate raises
-        "--flag=value must be <text>". None values skip the check.
-      positive: shorthand for rule ("positive", v > 0).
-      save: False for settings of one invocation (not written to the model_dir).
-      compare: False for settings a rerun may change silently (model_dir itself).
-      guard: LOCKED or LOCKED_IF_DETERMINISTIC: a rerun may not change it.
-    """
-    if positive:
-        rule = ("positive", lambda v: v > 0)
-    return dataclasses.field(default=default, metadata={
-        "help": help, "flag": flag, "choices": tuple(choices) if choices is not None else None, "rule": rule,
-        "save": save, "compare": compare, "guard": guard})
-
-
-def show_value(value) -> str:
-    """A setting as a flag value: 0.1, 30,45, a string as is."""
-    if isinstance(value, float):
-        return f"{value:g}"
-    if isinstance(value, (tuple, list)):
-        return ",".join(show_value(v) for v in value)
-    return str(value)
-
-
-class Section:
-    """Base of the config sections: checks each field's declared rule and choices."""
-
-    title: typing.ClassVar[str] = ""
-
-    def __post_init__(self):
-        for field in dataclasses.fields(self):
-            value, meta = getattr(self, field.name), field.metadata
-            name = meta.get("flag") or field.name
-            if value is None:
-                continue
-            if meta.get("choices") and value not in meta["choices"]:
-                raise UserError(f"--{name}={value!r} is not known; choose one of {', '.join(meta['choices'])}")
-            if meta.get("rule") and not meta["rule"][1](value):
-                raise UserError(f"--{name}={show_value(value)} must be {meta['rule'][0]}")
-        self.check()
-
-    def check(self) -> None:
-        """Rules between the section's fields (ValueError naming the flags)."""
-
-
-def _in(lo, hi, lo_open=False, hi_open=True):
-    text = f"in {'(' if lo_open else '['}{lo:g}, {hi:g}{')' if hi_open else ']'}"
-    return text, lambda v: (lo < v if lo_open else lo <= v) and (v < hi if hi_open else v <= hi)
-
-
-NON_NEGATIVE = ("0 or more", lambda v: v >= 0)
-OFF_OR_POSITIVE = ("0 (off) or positive", lambda v: v >= 0)
+# Settings that are engine options say so with engine="group.field" (launch/settings.py):
+# TrainConfig.engine_options() builds the Trainer's option groups from them.
 
 
 @dataclasses.dataclass(frozen=True)
@@ -198,10 +140,11 @@ class OptimizerConfig(Section):
         rule=("not negative", lambda v: v >= 0))
     clip_norm: float | None = setting(None, "Clip gradients to this global L2 norm.", positive=True)
     accumulation_steps: int = setting(1, "Accumulate gradients over this many global batches per update.",
-                                      positive=True, guard=LOCKED)
+                                      positive=True, guard=LOCKED, engine="trainer.accumulation_steps")
     label_smoothing: float = setting(0.0, "Label smoothing of the training loss.", rule=_in(0, 1))
     ema_decay: float = setting(0.0, "Moving average of the weights for evaluation and export (e.g. 0.999); "
-                               "0 for none.", rule=("in [0, 1) (0: off)", lambda v: 0 <= v < 1), guard=LOCKED)
+                               "0 for none.", rule=("in [0, 1) (0: off)", lambda v: 0 <= v < 1), guard=LOCKED,
+                               engine="trainer.ema_decay", off=0.0)
     lookahead_steps: int = setting(0, "Lookahead (Zhang et al. 2019): every this many updates the slow weights "
                                    "move --lookahead_alpha of the way to the model's, which restart from them; "
                                    "0 for none.", rule=OFF_OR_POSITIVE, guard=LOCKED)
@@ -247,31 +190,34 @@ class RunConfig(Section):
                                             "must be divisible by the replicas.", positive=True, guard=LOCKED)
     epochs: float = setting(60.0, "Epochs to train in total (fractions allowed).")
     train_steps: int | None = setting(None, "Optimizer steps to train in total; overrides --epochs.", positive=True)
-    steps_per_loop: int = setting(50, "Steps per call of the compiled training loop.", positive=True)
+    steps_per_loop: int = setting(50, "Steps per call of the compiled training loop.", positive=True,
+                                  engine="trainer.steps_per_loop")
     checkpoint_every_steps: int | None = setting(200, "Checkpoint every this many steps, and at each epoch end.",
-                                                 positive=True)
-    keep_checkpoints: int = setting(3, "How many recent checkpoints to keep.", positive=True)
+                                                 positive=True, engine="checkpoint.every_steps")
+    keep_checkpoints: int = setting(3, "How many recent checkpoints to keep.", positive=True, engine="checkpoint.keep")
     eval_every_epochs: int = setting(1, "Evaluate on the test split at the end of every N-th epoch and at the last "
                                      "step; early stopping and plateau patience then count evaluations.",
                                      positive=True)
     best_metric: str = setting("eval_accuracy", "Keep the checkpoint with the best value of this eval metric in "
-                               "<model_dir>/best (empty: keep none).")
+                               "<model_dir>/best (empty: keep none).", engine="checkpoint.best_metric", off="")
     seed: int = setting(0, "Seed of the initial weights, the shuffle and the augmentation.",
                         guard=LOCKED_IF_DETERMINISTIC)
     deterministic: bool = setting(False, "Op determinism and fixed seeds: a run killed at any step and rerun ends "
                                   "with bitwise the same weights as an uninterrupted one (slower).",
                                   guard=LOCKED_IF_DETERMINISTIC)
     nonfinite_limit: int = setting(10, "Skip steps with NaN/Inf loss or gradients; after this many in a row, "
-                                   "apply --nonfinite_action. 0 turns the guard off.", rule=OFF_OR_POSITIVE)
+                                   "apply --nonfinite_action. 0 turns the guard off.", rule=OFF_OR_POSITIVE,
+                                   engine="guard.nonfinite_limit", off=0)
     nonfinite_action: str = setting("rollback", "rollback: restore the newest checkpoint and multiply the learning "
                                     "rate by --rollback_lr_factor; stop: exit with an error.",
-                                    choices=("rollback", "stop"))
+                                    choices=("rollback", "stop"), engine="guard.action")
     rollback_lr_factor: float = setting(0.5, "Learning-rate factor applied at each rollback; it compounds (the "
                                         "second rollback trains at factor^2 of the schedule).",
-                                        rule=_in(0, 1, lo_open=True, hi_open=False))
+                                        rule=_in(0, 1, lo_open=True, hi_open=False), engine="guard.rollback_lr_factor")
     max_rollbacks: int = setting(3, "Rollbacks allowed over the run; at the next divergence the run stops with "
                                  "exit status 1. -1: no limit.", rule=("-1 (no limit) or at least 0",
-                                                                       lambda v: v >= -1))
+                                                                       lambda v: v >= -1),
+                                 engine="guard.max_rollbacks", off=-1)
     early_stopping_patience: int = setting(0, "Stop after this many epochs without a better "
                                            "--early_stopping_metric; 0 turns it off.", rule=OFF_OR_POSITIVE)
     early_stopping_metric: str = setting("eval_loss", "Epoch-end metric watched by early stopping.")
@@ -283,9 +229,10 @@ class RunConfig(Section):
                                              "steps.")
     max_time: float | None = setting(None, "Wall-clock budget in seconds: checkpoint and stop at the first loop "
                                      "end past it (rerun to go on).", positive=True)
-    progress: bool = setting(True, "Show a progress bar per epoch.", save=False)
+    progress: bool = setting(True, "Show a progress bar per epoch.", save=False, engine="trainer.progress")
     tta: str = setting("none", "Test-time augmentation in evaluation: flip averages the logits of each image and "
-                       "its mirror; flip_translate adds 1-pixel translations (airbench's level 2).", choices=TTA_MODES)
+                       "its mirror; flip_translate adds 1-pixel translations (airbench's level 2).", choices=TTA_MODES,
+                       engine="trainer.test_time_augmentation")
 
     def check(self):
         if not self.model_dir:
@@ -309,11 +256,13 @@ class ComputeConfig(Section):
                              "scaling).", choices=PRECISIONS)
     fused_batch_norm: bool = setting(True, "Run BatchNormalization layers on TensorFlow's fused kernel in the "
                                      "compiled steps (same results; 1.36x faster ResNet-20 steps here); "
-                                     "--nofused_batch_norm keeps Keras's computation.")
+                                     "--nofused_batch_norm keeps Keras's computation.",
+                                     engine="kernels.fused_batch_norm")
     sync_batch_norm: bool = setting(False, "BatchNormalization statistics over the global batch (all replicas), "
-                                    "Keras's synchronized=True; such layers do not use the fused kernel.")
+                                    "Keras's synchronized=True; such layers do not use the fused kernel.",
+                                    engine="kernels.sync_batch_norm")
     jit_compile: bool = setting(False, "Compile each replica's forward-backward pass with XLA (slower on this "
-                                "CPU; try it on GPUs).")
+                                "CPU; try it on GPUs).", engine="kernels.jit_compile")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -354,31 +303,6 @@ SECTIONS: dict[str, type[Section]] = {
     "data": DataConfig, "model": ModelConfig, "optimizer": OptimizerConfig, "schedule": ScheduleConfig,
     "run": RunConfig, "compute": ComputeConfig, "distribution": DistributionConfig, "command": CommandConfig}
 
-
-def flag_name(field: dataclasses.Field) -> str:
-    return field.metadata.get("flag") or field.name
-
-
-def fields_of(cls) -> list[tuple[dataclasses.Field, Any]]:
-    """(field, resolved type) of a section or task-options dataclass, in declaration order."""
-    hints = typing.get_type_hints(cls)
-    return [(f, hints[f.name]) for f in dataclasses.fields(cls) if f.init]
-
-
-def _parse(flag: str, kind, raw):
-    """Converts a flag's parsed value (absl list flags give strings) to the field's type."""
-    if typing.get_origin(kind) is tuple:
-        raw = raw or ()  # An empty list flag reads None.
-        element = typing.get_args(kind)[0]
-        out = []
-        for v in raw:
-            try:
-                out.append(element(v) if element is not int else int(str(v)))
-            except (TypeError, ValueError):
-                noun = "an integer" if element is int else "a number"
-                raise UserError(f"--{flag}: {v!r} is not {noun}") from None
-        return tuple(out)
-    return raw
 
 
 
@@ -481,6 +405,10 @@ class TrainConfig:
                              f"{num_replicas} replicas")
         return run.global_batch_size
 
+    def engine_options(self) -> dict[str, Any]:
+        """The Trainer's option groups and keywords, from the settings that declare engine= (one schema)."""
+        return engine_options(getattr(self, name) for name in SECTIONS)
+
     def scaled_learning_rate(self, global_batch: int) -> float:
         """--learning_rate x global batch / 128 (the linear scaling rule of the tutorial)."""
         return self.optimizer.learning_rate * global_batch / REFERENCE_BATCH
@@ -510,68 +438,7 @@ class TrainConfig:
             ([f"--task={self.task}"] if self.task != "classification" else [])
 
     def compare_saved(self, saved: dict[str, Any]) -> list[str]:
-        """What differs from `saved` (a saved_flags() of an earlier run), as lines '--flag: old -> new'.
+        """What differs from `saved`, and refuses guarded changes: launch.saved_config.compare."""
+        from launch import saved_config  # It imports this module.
 
-        Raises:
-          ValueError: if a guarded setting differs (model, batch size, optimizer;
-            data order under --deterministic) and --allow_config_change is not set.
-        """
-        changes, refused = [], []
-        deterministic = bool(saved.get("deterministic")) or self.run.deterministic
-        for _, name, field, value in self.settings():
-            if name not in saved or (field is not None and not field.metadata.get("compare", True)):
-                continue
-            old = tuple(saved[name]) if isinstance(saved[name], list) else saved[name]
-            if old == value:
-                continue
-            changes.append(f"--{name}: {show_value(old) if old is not None else 'unset'} -> "
-                           f"{show_value(value) if value is not None else 'unset'}")
-            guard = field.metadata.get("guard") if field is not None else LOCKED
-            if guard == LOCKED or (guard == LOCKED_IF_DETERMINISTIC and deterministic):
-                refused.append((guard, changes[-1]))
-        if refused and not self.command.allow_config_change:
-            why = "the checkpoint's model, batch or optimizer" if any(g == LOCKED for g, _ in refused) \
-                else "a --deterministic run's data order"
-            refused = [change for _, change in refused]
-            raise UserError(f"--model_dir={self.run.model_dir} holds a run with other settings "
-                             f"({'; '.join(refused)}): that changes {why}. Use another --model_dir, or "
-                             "--allow_config_change to resume anyway")
-        return changes
-
-
-def flag_argument(name: str, value) -> str:
-    """The command-line form of a setting: --name=value, --name / --noname for booleans."""
-    if isinstance(value, bool):
-        return f"--{name}" if value else f"--no{name}"
-    return f"--{name}={show_value(value)}"
-
-
-def check_writable_folder(path: str) -> None:
-    """Checks that `path` is, or can be made, a folder this process can write in; creates nothing.
-
-    Raises:
-      ValueError: naming --model_dir and the cause (a file, a special file
-        system such as /proc, no permission).
-    """
-    path = os.path.abspath(os.path.expanduser(path))
-    if os.path.exists(path) and not os.path.isdir(path):
-        raise UserError(f"--model_dir={path} is a file, not a folder")
-    parent = path
-    while not os.path.exists(parent):
-        parent = os.path.dirname(parent)
-    if not os.path.isdir(parent):
-        raise UserError(f"--model_dir={path}: {parent} is a file, not a folder")
-    try:  # A probe, removed at once: os.access says yes to root even on /proc and /sys.
-        os.rmdir(tempfile.mkdtemp(prefix=".write-probe-", dir=parent))
-    except OSError as e:
-        raise UserError(f"--model_dir={path}: cannot create or write a folder in {parent} "
-                         f"({e.strerror or e})") from None
-
-
-def parse_floats(flag: str, values) -> tuple[float, ...]:
-    """Parses a list flag of floats.
-
-    Raises:
-      ValueError: naming the flag and the value that is not a number.
-    """
-    return _parse(flag, tuple[float, ...], values or ())
+        return saved_config.compare(self, saved)

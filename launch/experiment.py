@@ -17,8 +17,7 @@ import tensorflow as tf
 
 from datasets import augment
 from models import transfer
-from engine import (CheckpointOptions, EpochInput, GuardOptions, KernelOptions, LookaheadOptions, Trainer,
-                    configure_cpu_devices, create_strategy, distribution)
+from engine import EpochInput, LookaheadOptions, Trainer, configure_cpu_devices, create_strategy, distribution
 from engine import hooks as hooks_lib
 from engine.files import write_atomic
 from engine.optimizers import build_optimizer, set_precision
@@ -233,20 +232,9 @@ def _trainer(task: tasks.Task, data: tasks.TaskData, config: TrainConfig, model,
     if config.run.max_time:
         hooks.append(hooks_lib.MaxTime(config.run.max_time))
     return task.trainer(
-        config, model=model, optimizer=optimizer, data=data,
-        global_batch_size=global_batch, strategy=strategy, model_dir=model_dir,
-        steps_per_loop=config.run.steps_per_loop, progress=config.run.progress, hooks=hooks,
-        accumulation_steps=config.optimizer.accumulation_steps, ema_decay=config.optimizer.ema_decay or None,
-        checkpoint=CheckpointOptions(every_steps=config.run.checkpoint_every_steps, keep=config.run.keep_checkpoints,
-                                     best_metric=config.run.best_metric or None),
-        guard=GuardOptions(nonfinite_limit=config.run.nonfinite_limit or None, action=config.run.nonfinite_action,
-                           rollback_lr_factor=config.run.rollback_lr_factor,
-                           max_rollbacks=None if config.run.max_rollbacks < 0 else config.run.max_rollbacks),
-        test_time_augmentation=config.run.tta,
-        lookahead=_lookahead(config, data.steps_per_epoch),
-        kernels=KernelOptions(fused_batch_norm=config.compute.fused_batch_norm,
-                              sync_batch_norm=config.compute.sync_batch_norm,
-                              jit_compile=config.compute.jit_compile))
+        config, model=model, optimizer=optimizer, data=data, global_batch_size=global_batch, strategy=strategy,
+        model_dir=model_dir, hooks=hooks, lookahead=_lookahead(config, data.steps_per_epoch),
+        **config.engine_options())  # Every other engine option, from its setting's engine= declaration.
 
 
 def _lookahead(config: TrainConfig, steps_per_epoch: int) -> LookaheadOptions | None:

@@ -83,3 +83,40 @@ def test_lookahead_flags_give_the_engine_a_ramp_over_the_runs_updates(tmp_path):
     assert ramped.ramp_steps == 13
     assert _lookahead(_config(tmp_path, lookahead_steps=5, lookahead_ramp=True, train_steps=7),
                       steps_per_epoch=10).ramp_steps == 7
+
+
+def test_every_engine_option_is_reached_by_exactly_one_setting():
+    import dataclasses
+    import inspect
+
+    from engine import Trainer
+    from launch.config import SECTIONS
+    from launch.settings import OPTION_GROUPS
+
+    targets = [f.metadata["engine"] for section in SECTIONS.values() for f in dataclasses.fields(section)
+               if f.metadata.get("engine")]
+    assert len(targets) == len(set(targets))  # none declared twice
+    for group, options in OPTION_GROUPS.items():
+        assert {t.split(".", 1)[1] for t in targets if t.startswith(group + ".")} == \
+            {f.name for f in dataclasses.fields(options)}, group
+    keywords = set(inspect.signature(Trainer.__init__).parameters)
+    assert {t.split(".", 1)[1] for t in targets if t.startswith("trainer.")} <= keywords
+
+
+def test_engine_options_carry_the_settings_with_their_off_values(tmp_path):
+    from engine import CheckpointOptions, GuardOptions, KernelOptions
+
+    options = _config(tmp_path, checkpoint_every_steps=7, keep_checkpoints=2, best_metric="", nonfinite_limit=0,
+                      nonfinite_action="stop", rollback_lr_factor=0.25, max_rollbacks=-1, ema_decay=0.0,
+                      fused_batch_norm=False, steps_per_loop=9,
+                      accumulation_steps=3, tta="flip", progress=False).engine_options()
+    assert options["checkpoint"] == CheckpointOptions(every_steps=7, keep=2, best_metric=None)
+    assert options["guard"] == GuardOptions(nonfinite_limit=None, action="stop", rollback_lr_factor=0.25,
+                                            max_rollbacks=None)
+    assert options["kernels"] == KernelOptions(fused_batch_norm=False, sync_batch_norm=False, jit_compile=False)
+    assert (options["ema_decay"], options["steps_per_loop"], options["accumulation_steps"]) == (None, 9, 3)
+    assert (options["test_time_augmentation"], options["progress"]) == ("flip", False)
+    on = _config(tmp_path, ema_decay=0.99, nonfinite_limit=4, max_rollbacks=0, best_metric="eval_loss")
+    options = on.engine_options()
+    assert options["ema_decay"] == 0.99 and options["guard"].nonfinite_limit == 4
+    assert options["guard"].max_rollbacks == 0 and options["checkpoint"].best_metric == "eval_loss"
