@@ -258,8 +258,7 @@ class Profiler:
     """
 
     def __init__(self, logdir: str, start: int, stop: int, top: int = 12):
-        if not 0 <= start < stop:
-            raise UserError(f"profile_steps={start},{stop}: need 0 <= start < stop")
+        check_profile_steps((start, stop))
         self.logdir, self.start, self.stop, self.top = logdir, start, stop, top
         self.summary = None
         self.active = False
@@ -328,21 +327,14 @@ class MaxTime:
             trainer.request_stop(f"max_time of {self.seconds:g} s reached")
 
 
-def parse_profile_steps(values: Sequence[str] | None) -> tuple[int, int] | None:
-    """Parses --profile_steps=start,stop; None or empty when not given.
+def check_profile_steps(steps: Sequence[int], name: str = "profile_steps") -> None:
+    """The rule of a profiled step range: two integers start, stop with 0 <= start < stop.
 
     Raises:
-      ValueError: unless two integers 0 <= start < stop.
+      UserError: naming `name` and the value otherwise.
     """
-    if not values:
-        return None
-    try:
-        start, stop = (int(v) for v in values)
-    except ValueError:
-        raise UserError(f"profile_steps={','.join(values)} must be two integers start,stop") from None
-    if not 0 <= start < stop:
-        raise UserError(f"profile_steps={start},{stop}: need 0 <= start < stop")
-    return start, stop
+    if len(steps) != 2 or not 0 <= steps[0] < steps[1]:
+        raise UserError(f"{name}={','.join(str(v) for v in steps)} must be start,stop with 0 <= start < stop")
 
 
 def stateful_hooks(hooks) -> dict[str, object]:

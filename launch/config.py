@@ -33,6 +33,7 @@ from datasets import sources
 from datasets.augment import NORMALIZATIONS
 from datasets.images import CACHE_MODES as CACHES
 from engine.distribution import STRATEGIES
+from engine.hooks import check_profile_steps
 from engine.optimizers import OPTIMIZERS, PRECISIONS
 from engine.schedules import SCHEDULES
 from engine.tta import TTA_MODES
@@ -243,10 +244,8 @@ class RunConfig(Section):
         if self.best_metric and not self.best_metric.startswith("eval_"):
             raise UserError(f"--best_metric={self.best_metric!r} must name an eval metric (eval_loss, "
                              "eval_accuracy, ...) or be empty")
-        if self.profile_steps and (len(self.profile_steps) != 2 or not 0 <= self.profile_steps[0]
-                                   < self.profile_steps[1]):
-            raise UserError(f"--profile_steps={show_value(self.profile_steps)} must be start,stop "
-                             "with 0 <= start < stop")
+        if self.profile_steps:
+            check_profile_steps(self.profile_steps, "--profile_steps")  # The Profiler hook's own rule.
 
 
 @dataclasses.dataclass(frozen=True)
