@@ -9,3 +9,8 @@ UserError subclasses ValueError, so code that catches ValueError keeps working.
 
 class UserError(ValueError):
     """A failure the user can fix; its message names the flag, file or value at fault and what to do."""
+
+    # Exception's own constructor, named as such: AutoGraph re-raises an error met while
+    # tracing a tf.function with its own type only when the type's __init__ is
+    # Exception.__init__ (or one of a few built-ins); otherwise it becomes a StagingError.
+    __init__ = Exception.__init__
