@@ -328,11 +328,7 @@ class MaxTime:
 
 
 def check_profile_steps(steps: Sequence[int], name: str = "profile_steps") -> None:
-    """The rule of a profiled step range: two integers start, stop with 0 <= start < stop.
-
-    Raises:
-      UserError: naming `name` and the value otherwise.
-    """
+    """Raises UserError (naming `name`) unless `steps` is two integers start, stop with 0 <= start < stop."""
     if len(steps) != 2 or not 0 <= steps[0] < steps[1]:
         raise UserError(f"{name}={','.join(str(v) for v in steps)} must be start,stop with 0 <= start < stop")
 
@@ -400,15 +396,8 @@ class HooksMixin:
         """Ends fit at the next loop or epoch end, with a checkpoint; `stopped_by` becomes `reason`."""
         self._stop_request = reason
 
-    @property
-    def stop_request(self) -> str | None:
-        """The reason a hook gave to request_stop in this run, or None."""
-        return self._stop_request
-
-    @property
-    def hooks(self) -> tuple[object, ...]:
-        """The hook objects, in calling order (add more with add_hook)."""
-        return tuple(self._hooks)
+    stop_request = property(lambda self: self._stop_request, doc="A hook's request_stop reason in this run, or None.")
+    hooks = property(lambda self: tuple(self._hooks), doc="The hook objects, in calling order (more: add_hook).")
 
     def on_train_begin(self) -> None:
         """Subclass hook: before the first step of fit."""
