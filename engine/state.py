@@ -124,8 +124,8 @@ class RunState(tf.Module):
         """The float variables among the saved state: copies, accumulators and the task's items."""
         items = [[item] if isinstance(item, (tf.Variable, keras.Variable)) else list(getattr(item, "variables", []))
                  for item in self.items.values()]
-        return [v for v in [self.lr_scale, *(s for _, s in self.ema_pairs), *(s for _, s in self.slow_pairs),
-                            *self.accumulators, *(v for vs in items for v in vs)]]
+        return [self.lr_scale, *(s for _, s in self.ema_pairs), *(s for _, s in self.slow_pairs),
+                *self.accumulators, *(v for vs in items for v in vs)]
 
 
 def _weight_copies(model: keras.Model, name: str) -> list[tuple[keras.Variable, tf.Variable]]:
