@@ -75,6 +75,11 @@ class DataConfig(Section):
                              "standardisation, ImageNet mean subtraction, or /255.", choices=NORMALIZATIONS)
     skip_bad_examples: bool = setting(False, "Leave out images that are missing, empty or undecodable (counted and "
                                       "reported) instead of stopping with their name.")
+    classes: tuple[int, ...] = setting((), "Keep only these class ids, in training and evaluation data alike, "
+                                       "renumbered 0..k-1 in the order given (e.g. 5,6,7,8,9).", guard=LOCKED)
+    labels_per_class: int | None = setting(None, "Keep this many training examples of each class, drawn by --seed "
+                                           "(evaluation data stays whole).", positive=True,
+                                           guard=LOCKED_IF_DETERMINISTIC)
 
     def check(self):
         if self.data_dir is not None and not os.path.exists(os.path.expanduser(self.data_dir)):
@@ -106,7 +111,7 @@ class ModelConfig(Section):
                                    "high-frequency patch components.", positive=True, guard=LOCKED)
     finetune_after_epochs: float | None = setting(
         None, "Transfer learning: after this many epochs, unfreeze --finetune_layers top layers of the backbone "
-        "and go on at a lower learning rate.", positive=True)
+        "and go on at a lower learning rate; 0 or unset: the head alone trains.", rule=OFF_OR_POSITIVE)
     finetune_layers: int = setting(20, "Top backbone layers to unfreeze for fine-tuning (BatchNorm stays frozen).",
                                    positive=True)
     finetune_lr_factor: float = setting(
@@ -116,8 +121,15 @@ class ModelConfig(Section):
     def check(self):
         if self.resize_to and len(self.resize_to) != 2:
             raise UserError(f"--resize_to={show_value(self.resize_to)} must be height,width")
-        if self.finetune_after_epochs is not None and not self.backbone:
+        if self.backbone_cut and not self.backbone:
+            raise UserError(f"--backbone_cut={self.backbone_cut} needs --backbone")
+        if self.finetunes and not self.backbone:
             raise UserError("--finetune_after_epochs needs --backbone")
+
+    @property
+    def finetunes(self) -> bool:
+        """--finetune_after_epochs is set and not 0: the run has a fine-tuning phase."""
+        return bool(self.finetune_after_epochs)
 
     @property
     def backbone_weights_or_none(self) -> str | None:
@@ -332,7 +344,7 @@ class TrainConfig:
 
     def __post_init__(self):
         run, model = self.run, self.model
-        if model.finetune_after_epochs is not None and run.train_steps is None \
+        if model.finetunes and run.train_steps is None \
                 and model.finetune_after_epochs >= run.epochs:
             raise UserError(f"--finetune_after_epochs={model.finetune_after_epochs:g} leaves no epochs of "
                              f"--epochs={run.epochs:g} to fine-tune")

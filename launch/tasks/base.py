@@ -9,6 +9,7 @@ import keras
 import tensorflow as tf
 
 from engine import Trainer
+from engine.errors import UserError
 
 
 @dataclasses.dataclass
@@ -53,11 +54,13 @@ class Task:
       options_class: the task's own settings, a frozen dataclass of
         launch.config.setting fields (named with the task's prefix, e.g.
         gan_latent_dim); each becomes a flag, and config.option(name) reads it.
+      selects_classes: the task applies --classes and --labels_per_class.
     """
 
     name: str = ""
     metrics: Sequence[str] = ()
     options_class: type | None = None
+    selects_classes: bool = False
 
 
     def data(self, config, global_batch: int, progress: bool) -> TaskData:
@@ -94,4 +97,14 @@ class Task:
         return model.name
 
     def check(self, config) -> None:
-        """Refuses flags the task cannot serve (ValueError naming the flag); called before anything is built."""
+        """Refuses flags the task cannot serve (UserError naming the flag); called before anything is built.
+
+        The default refuses --classes and --labels_per_class unless the task sets
+        `selects_classes` (it applies them in `data`): a subset flag that a task
+        ignored would train on data the user did not ask for.
+        """
+        if not self.selects_classes:
+            for flag in ("classes", "labels_per_class"):
+                if getattr(config.data, flag) not in ((), None):
+                    raise UserError(f"--{flag} applies to image classification; the {self.name} task does not "
+                                    "select its examples by class")

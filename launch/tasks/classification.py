@@ -12,11 +12,13 @@ launch.predict and launch.evaluate serve the model as trained.
 
 from __future__ import annotations
 
+import dataclasses
+
 import keras
 import numpy as np
 
 import models
-from datasets import augment, cifar10, images, in_memory, sources
+from datasets import augment, cifar10, images, in_memory, sources, subsets
 from engine import Trainer, sparse_accuracy
 from engine.losses import sparse_categorical_crossentropy
 from launch.tasks.base import Task, TaskData
@@ -28,6 +30,7 @@ from engine.errors import UserError
 class Classification(Task):
     name = "classification"
     metrics = ("accuracy",)
+    selects_classes = True
 
     def data(self, config, global_batch: int, progress: bool) -> TaskData:
         pipelines, source = load_images(config, global_batch, progress)
@@ -50,7 +53,9 @@ class Classification(Task):
         model, backbone = build_classifier(config, data.input_shape, len(data.info["class_names"]),
                                            data.info["normalize"])
         data.runtime["backbone"] = backbone  # launch.experiment unfreezes it for --finetune_after_epochs
-        if any(isinstance(layer, PatchWhitening) for layer in model._flatten_layers(include_self=False)):
+        # A whitening layer inside a --backbone keeps the filters it was trained with.
+        if not config.model.backbone and any(isinstance(layer, PatchWhitening)
+                                             for layer in model._flatten_layers(include_self=False)):
             sample = data.runtime.get("whitening_images")
             if sample is None:
                 raise UserError(f"--model={config.model.name} initialises its whitening layer from the training "
@@ -81,6 +86,9 @@ def load_images(config, global_batch: int, progress: bool) -> tuple[images.Image
         train = sources.image_source(config.data.train_data, keep_bytes=keep_bytes)
         eval_index = (sources.image_source(config.data.eval_data, train.class_names, keep_bytes=keep_bytes)
                       if config.data.eval_data else None)
+        train = _select_index(train, config, f"--train_data={config.data.train_data}", per_class=True)
+        if eval_index is not None:
+            eval_index = _select_index(eval_index, config, f"--eval_data={config.data.eval_data}", per_class=False)
         if eval_index is not None and eval_index.num_classes != train.num_classes:
             raise UserError(f"--eval_data={config.data.eval_data} has {eval_index.num_classes} classes but "
                              f"--train_data={config.data.train_data} has {train.num_classes}")
@@ -90,6 +98,7 @@ def load_images(config, global_batch: int, progress: bool) -> tuple[images.Image
                          normalize=config.data.normalize, skip_bad=config.data.skip_bad_examples, progress=progress)
         return p, f"{config.data.train_data} (cache {config.data.cache})"
     data = cifar10.load(config.data.data_dir, skip_bad=config.data.skip_bad_examples, progress=progress)
+    data, class_names = _select_cifar10(data, config)
     recipe, per_image = augment.parse_recipe(config.data.augment)
     if per_image:
         raise UserError("--augment=imagenet needs --train_data (image files); CIFAR-10 from --data_dir is 32x32")
@@ -100,10 +109,38 @@ def load_images(config, global_batch: int, progress: bool) -> tuple[images.Image
     steps = in_memory.steps_per_epoch(len(data.train.labels), global_batch)
     pipelines = images.ImagePipelines(
         train_fn=train_fn, steps_per_epoch=steps, eval_data=eval_data, image_shape=data.train.images.shape[1:],
-        normalize=spec, class_names=cifar10.CLASS_NAMES, num_train=len(data.train.labels),
+        normalize=spec, class_names=class_names, num_train=len(data.train.labels),
         num_eval=len(data.test.labels), skipped=list(data.skipped), train_images=data.train.images)
     return pipelines, data.source
 
+
+def _select_cifar10(data: cifar10.Cifar10, config) -> tuple[cifar10.Cifar10, tuple[str, ...]]:
+    """--classes and --labels_per_class applied to CIFAR-10 in memory; returns (data, class names)."""
+    classes, per_class = config.data.classes or None, config.data.labels_per_class
+    if classes is None and per_class is None:
+        return data, tuple(cifar10.CLASS_NAMES)
+    what = f"--data_dir={config.data.data_dir}"
+    keep, labels = subsets.select(data.train.labels, classes, per_class, seed=config.run.seed,
+                                  what=f"{what} (training split)")
+    train = cifar10.Split(data.train.images[keep], labels)
+    keep, labels = subsets.select(data.test.labels, classes, None, what=f"{what} (test split)")
+    test = cifar10.Split(data.test.images[keep], labels)
+    names = tuple(cifar10.CLASS_NAMES[c] for c in classes) if classes else tuple(cifar10.CLASS_NAMES)
+    shown = f"classes {','.join(map(str, classes))}" if classes else "all classes"
+    limit = f", {per_class} training images per class (seed {config.run.seed})" if per_class else ""
+    return dataclasses.replace(data, train=train, test=test, source=f"{data.source}; {shown}{limit}"), names
+
+
+def _select_index(index, config, what: str, *, per_class: bool):
+    """--classes (and, for training data, --labels_per_class) applied to an ImageIndex."""
+    classes = config.data.classes or None
+    limit = config.data.labels_per_class if per_class else None
+    if classes is None and limit is None:
+        return index
+    keep, labels = subsets.select(index.labels, classes, limit, seed=config.run.seed, what=what)
+    kept = index.subset(keep)
+    names = tuple(index.class_names[c] for c in classes) if classes else index.class_names
+    return dataclasses.replace(kept, labels=labels, class_names=names)
 
 
 def build_classifier(config, image_shape, num_classes: int,
