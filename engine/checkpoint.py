@@ -49,9 +49,37 @@ class Checkpointer:
         if max_to_keep < 1:
             raise UserError(f"keep_checkpoints={max_to_keep} must be at least 1")
         self.checkpoint = tf.train.Checkpoint(**trackables)
+        self._objects = dict(trackables)
+        self._optional: set[str] = set()
         self.manager = tf.train.CheckpointManager(self.checkpoint, directory, max_to_keep=max_to_keep)
         self.scratch_directory = scratch_directory
         self.last_saved_step: int | None = None  # The step of the checkpoint restored or written last.
+
+    def add(self, name: str, item, *, optional: bool = False) -> None:
+        """Saves and restores `item` under `name` from now on (no-op if it already is).
+
+        Args:
+          name: its name in the checkpoint.
+          item: a trackable (tf.Variable, Keras object, list of variables, ...).
+          optional: a checkpoint without `name` (written before it existed) still
+            restores; `item` keeps its value then. Any other object must be in the
+            checkpoint.
+        """
+        if self._objects.get(name) is not item:
+            setattr(self.checkpoint, name, item)
+            self._objects[name] = item
+        if optional:
+            self._optional.add(name)
+
+    def _reader_for(self, path: str) -> tf.train.Checkpoint:
+        """self.checkpoint, or one without the optional objects that `path` lacks."""
+        if not self._optional:
+            return self.checkpoint
+        saved = {name.split("/", 1)[0] for name, _ in tf.train.list_variables(path)}
+        missing = self._optional - saved
+        if not missing:
+            return self.checkpoint
+        return tf.train.Checkpoint(**{k: v for k, v in self._objects.items() if k not in missing})
 
     @property
     def latest(self) -> str | None:
@@ -86,7 +114,7 @@ class Checkpointer:
         for path in candidates:
             status = None
             try:
-                status = self.checkpoint.restore(path)
+                status = self._reader_for(path).restore(path)
                 status.assert_existing_objects_matched()
                 self.last_saved_step = int(path.rsplit("-", 1)[1])
                 return path
@@ -239,7 +267,7 @@ class CheckpointMixin:
         if self._items_attached or not self.checkpointer:
             return
         self.state.add_items(self.checkpoint_items())
-        self.state.attach(self.checkpointer.checkpoint)
+        self.state.attach(self.checkpointer)
         self._items_attached = True
 
     def restore(self) -> str | None:

@@ -52,8 +52,13 @@ class RunState(tf.Module):
     SAVED_SCALARS = ("step", "nonfinite_steps", "lr_scale", "rollbacks")
     # Names of the lists of per-weight state in a checkpoint.
     SAVED_LISTS = {"grad_accumulators": "accumulators", "ema": "ema_pairs", "lookahead": "slow_pairs"}
+    # Saved since issue 29: the model's random-number states (Dropout's, GaussianNoise's), so that
+    # a resumed run draws the masks an unbroken one would. Optional on restore: checkpoints
+    # written before lack it, and such a run resumes with fresh random states, as it used to.
+    OPTIONAL = ("seed_generators",)
     # What a task's checkpoint_items may not be called.
-    RESERVED = frozenset({*SAVED_SCALARS, *SAVED_LISTS, "model", "optimizer", "optimizers", "save_counter"})
+    RESERVED = frozenset({*SAVED_SCALARS, *SAVED_LISTS, *OPTIONAL, "model", "optimizer", "optimizers",
+                          "save_counter"})
 
     def __init__(self, strategy: tf.distribute.Strategy):
         super().__init__(name="run_state")
@@ -70,6 +75,7 @@ class RunState(tf.Module):
         self.accumulators: list[tf.Variable] = []
         self.ema_pairs: list[tuple[keras.Variable, tf.Variable]] = []
         self.slow_pairs: list[tuple[keras.Variable, tf.Variable]] = []
+        self.seed_states: list[keras.Variable] = []
         self.items: dict[str, object] = {}
 
     def create_weight_state(self, model: keras.Model, strategy: tf.distribute.Strategy, *, accumulate: bool,
@@ -91,6 +97,7 @@ class RunState(tf.Module):
                 for v in model.trainable_variables] if accumulate else []
             self.ema_pairs = _weight_copies(model, "ema") if ema else []
             self.slow_pairs = _weight_copies(model, "lookahead_slow") if lookahead else []
+        self.seed_states = seed_generator_states(model)
 
     def add_items(self, items: Mapping[str, object]) -> None:
         """Adds a task's checkpoint_items.
@@ -111,14 +118,19 @@ class RunState(tf.Module):
             values = getattr(self, attribute)
             if values:
                 objects[name] = [v if isinstance(v, tf.Variable) else v[1] for v in values]
+        if self.seed_states:
+            objects["seed_generators"] = list(self.seed_states)
         objects.update(self.items)
         return objects
 
-    def attach(self, checkpoint: tf.train.Checkpoint) -> None:
-        """Sets every checkpoint object on `checkpoint` under its name (again after new state appears)."""
+    def attach(self, checkpointer) -> None:
+        """Adds every checkpoint object to `checkpointer` (an engine.checkpoint.Checkpointer) under its name.
+
+        Called again after new state appears (the task's items); names in OPTIONAL
+        may be missing from a checkpoint being restored.
+        """
         for name, item in self.checkpoint_objects().items():
-            if getattr(checkpoint, name, None) is not item:
-                setattr(checkpoint, name, item)
+            checkpointer.add(name, item, optional=name in self.OPTIONAL)
 
     def float_variables(self) -> list[tf.Variable]:
         """The float variables among the saved state: copies, accumulators and the task's items."""
@@ -126,6 +138,20 @@ class RunState(tf.Module):
                  for item in self.items.values()]
         return [self.lr_scale, *(s for _, s in self.ema_pairs), *(s for _, s in self.slow_pairs),
                 *self.accumulators, *(v for vs in items for v in vs)]
+
+
+def seed_generator_states(model: keras.Model) -> list[keras.Variable]:
+    """The state variables of the model's keras.random.SeedGenerators (Dropout, GaussianNoise, ...).
+
+    Keras lists them in `model.variables` but not in `model.weights`, and a
+    tf.train.Checkpoint of the model does not hold them: without them a resumed run
+    would start its dropout masks over from the layers' initial seeds.
+
+    Returns:
+      int64 [2] variables (seed, counter), in the model's variable order.
+    """
+    weights = {id(v) for v in model.weights}
+    return [v for v in model.variables if id(v) not in weights and v.path.endswith("seed_generator_state")]
 
 
 def _weight_copies(model: keras.Model, name: str) -> list[tuple[keras.Variable, tf.Variable]]:

@@ -309,7 +309,7 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin, R
         self.state.create_weight_state(model, self.strategy, accumulate=self.accumulation_steps > 1,
                                        ema=bool(self.ema_decay), lookahead=bool(self.lookahead))
         if self.checkpointer:
-            self.state.attach(self.checkpointer.checkpoint)
+            self.state.attach(self.checkpointer)
 
     def build_model(self, element_spec) -> None:
         """Creates the model's variables from a batch's spec, under the strategy's scope; no-op if built.

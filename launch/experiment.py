@@ -191,7 +191,7 @@ def prepare(config: TrainConfig) -> Run:
         f"{sum(int(v.numpy().size) for v in model.trainable_variables):,} trainable), {config.optimizer.name} "
         f"(momentum {config.optimizer.momentum}), {config.schedule.lr_schedule} learning rate "
         f"{config.scaled_learning_rate(global_batch * k):g}, {config.compute.precision}")
-    finetuning = config.model.finetune_after_epochs is not None
+    finetuning = config.model.finetunes
     trainer = _trainer(task, data, config, model, optimizer, strategy, global_batch)
     if data.skipped and trainer.is_chief:
         trainer.add_hook("train_begin", lambda t, logs: t.write_scalars(

@@ -59,3 +59,40 @@ def test_loss_metrics_are_minimised():
     assert best.mode == "min" and best.is_better(1.0)
     best.info = {"value": 0.5}
     assert best.is_better(0.4) and not best.is_better(0.6) and not best.is_better(np.inf)
+
+
+def _dropout_model():
+    import keras
+
+    keras.utils.set_random_seed(3)
+    return keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.Dropout(0.5),
+                             keras.layers.GaussianNoise(0.1)])
+
+
+def test_dropout_states_are_saved_and_older_checkpoints_without_them_restore(tmp_path):
+    from engine.errors import UserError
+    from engine.state import seed_generator_states
+
+    model = _dropout_model()
+    seeds = seed_generator_states(model)
+    assert len(seeds) == 2 and all(v.dtype == "int64" and tuple(v.shape) == (2,) for v in seeds)
+    # A checkpoint written before the seed states were saved: the model alone.
+    Checkpointer(str(tmp_path), max_to_keep=5, model=model).save(1)
+    model(np.ones([2, 4], np.float32), training=True)  # draws: the counters move
+    moved = [v.numpy().copy() for v in seeds]
+    keeper = Checkpointer(str(tmp_path), max_to_keep=5, model=model)
+    keeper.add("seed_generators", seeds, optional=True)
+    assert keeper.restore_latest().endswith("ckpt-1")
+    assert all(np.array_equal(v.numpy(), m) for v, m in zip(seeds, moved))  # kept: nothing saved to restore
+    keeper.save(2)
+    model(np.ones([2, 4], np.float32), training=True)
+    assert not all(np.array_equal(v.numpy(), m) for v, m in zip(seeds, moved))
+    assert Checkpointer(str(tmp_path), max_to_keep=5, model=model,
+                        seed_generators=seeds).restore_latest().endswith("ckpt-2")
+    assert all(np.array_equal(v.numpy(), m) for v, m in zip(seeds, moved))  # restored
+    # Only the objects added as optional may be missing.
+    strict = Checkpointer(str(tmp_path / "old"), max_to_keep=5, model=model)
+    strict.save(1)
+    strict.add("seed_generators", seeds)
+    with pytest.raises(UserError, match="does not match this model"):
+        strict.restore_latest()
