@@ -18,6 +18,10 @@ def _config(tmp_path, **overrides):
     ({"data_dir": "/no/such/folder"}, "--data_dir=/no/such/folder does not exist"),
     ({"lookahead_alpha": 0.0}, r"--lookahead_alpha=0 must be in \(0, 1\]"),
     ({"lookahead_steps": -1}, "--lookahead_steps=-1 must be 0 \\(off\\) or positive"),
+    ({"labels_per_class": 0}, "--labels_per_class=0 must be positive"),
+    ({"backbone_cut": "pool"}, "--backbone_cut=pool needs --backbone"),
+    ({"finetune_after_epochs": 2.0}, "--finetune_after_epochs needs --backbone"),
+    ({"finetune_after_epochs": -1.0, "backbone": "x.keras"}, "--finetune_after_epochs=-1 must be 0 \\(off\\)"),
 ])
 def test_bad_values_name_the_flag(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
@@ -120,3 +124,20 @@ def test_engine_options_carry_the_settings_with_their_off_values(tmp_path):
     options = on.engine_options()
     assert options["ema_decay"] == 0.99 and options["guard"].nonfinite_limit == 4
     assert options["guard"].max_rollbacks == 0 and options["checkpoint"].best_metric == "eval_loss"
+
+
+def test_finetune_after_epochs_zero_means_the_head_alone(tmp_path):
+    assert not _config(tmp_path, backbone="x.keras", finetune_after_epochs=0.0).model.finetunes
+    assert _config(tmp_path, backbone="x.keras", finetune_after_epochs=0.5).model.finetunes
+    assert not _config(tmp_path).model.finetunes
+
+
+@pytest.mark.parametrize("flag, value", [("classes", (1, 2)), ("labels_per_class", 10)])
+def test_tasks_that_do_not_select_classes_refuse_the_subset_flags(tmp_path, flag, value):
+    from launch import tasks
+
+    config = _config(tmp_path, **{flag: value})
+    tasks.get("classification").check(config)
+    for name in ("regression", "autoencoder", "gan", "weighted_classification"):
+        with pytest.raises(ValueError, match=f"--{flag} applies to image classification; the {name} task"):
+            tasks.get(name).check(config)
