@@ -23,9 +23,12 @@ import glob, sys
 from absl import flags
 from launch import flags as launch_flags
 launch_flags.define_train_flags()
+# What a recipe's header says to add (transfer.flags takes the user's saved backbone).
+needs = {"launch/transfer.flags": ["--backbone=" + sys.argv[1] + "/backbone.keras"]}
 for recipe in sorted(glob.glob("launch/*.flags")):
     flags.FLAGS.unparse_flags()
-    flags.FLAGS(["train", "--flagfile=" + recipe, "--data_dir=" + sys.argv[1], "--model_dir=" + sys.argv[1] + "/m"])
+    flags.FLAGS(["train", "--flagfile=" + recipe, "--data_dir=" + sys.argv[1], "--model_dir=" + sys.argv[1] + "/m",
+                 *needs.get(recipe, [])])
     config = launch_flags.config_from_flags()
     print(recipe, config.model.name, config.run.epochs)
 """
@@ -40,6 +43,7 @@ def test_every_recipe_parses_into_a_valid_config(tmp_path):
 
     assert sorted(parsed) == sorted(os.path.relpath(p, REPO) for p in glob.glob(f"{REPO}/launch/*.flags"))
     assert parsed["launch/cifar_93.flags"] == "airbench93 11.0" and parsed["launch/cifar_95.flags"] == "airbench95 15.0"
+    assert parsed["launch/transfer.flags"] == "airbench93 20.0"
 
 
 @pytest.mark.slow
