@@ -39,14 +39,12 @@ from engine.schedules import SCHEDULES
 from engine.tta import TTA_MODES
 from models import MODEL_NAMES
 from engine.errors import UserError
-
-# The tutorial's learning rate is 0.1 at a global batch of 128, scaled linearly.
-REFERENCE_BATCH = 128
-
-
 from launch.settings import (LOCKED, LOCKED_IF_DETERMINISTIC, NON_NEGATIVE, OFF_OR_POSITIVE, Section,  # noqa: F401
                              _in, _parse, check_writable_folder, engine_options, fields_of, flag_argument,
                              flag_name, parse_floats, setting, show_value)
+
+# The tutorial's learning rate is 0.1 at a global batch of 128, scaled linearly.
+REFERENCE_BATCH = 128
 
 # Settings that are engine options say so with engine="group.field" (launch/settings.py):
 # TrainConfig.engine_options() builds the Trainer's option groups from them.
@@ -121,15 +119,11 @@ class ModelConfig(Section):
     def check(self):
         if self.resize_to and len(self.resize_to) != 2:
             raise UserError(f"--resize_to={show_value(self.resize_to)} must be height,width")
-        if self.backbone_cut and not self.backbone:
-            raise UserError(f"--backbone_cut={self.backbone_cut} needs --backbone")
-        if self.finetunes and not self.backbone:
-            raise UserError("--finetune_after_epochs needs --backbone")
+        if not self.backbone and (self.backbone_cut or self.finetunes):
+            flag = f"--backbone_cut={self.backbone_cut}" if self.backbone_cut else "--finetune_after_epochs"
+            raise UserError(f"{flag} needs --backbone")
 
-    @property
-    def finetunes(self) -> bool:
-        """--finetune_after_epochs is set and not 0: the run has a fine-tuning phase."""
-        return bool(self.finetune_after_epochs)
+    finetunes = property(lambda self: bool(self.finetune_after_epochs), doc="A fine-tuning phase follows the head's.")
 
     @property
     def backbone_weights_or_none(self) -> str | None:

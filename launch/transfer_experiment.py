@@ -175,7 +175,8 @@ def main(argv: list[str]) -> None:
                                 os.path.join(root, "pretrain.log"))
     backbone = os.path.join(root, "pretrained.keras")
     if not os.path.exists(backbone):
-        _launch("launch.export", [f"--model_dir={pretrain}", f"--output={backbone}"], os.path.join(root, "pretrain.log"))
+        _launch("launch.export", [f"--model_dir={pretrain}", f"--output={backbone}"],
+                os.path.join(root, "pretrain.log"))
     pretrain_accuracy = _last_eval_accuracy(pretrain)
     print(f"pretrained airbench93 on classes 0-4: test accuracy {100 * pretrain_accuracy:.2f}% "
           f"({times['pretrain']:.0f} s)", flush=True)
