@@ -48,3 +48,26 @@ def test_a_class_draws_the_same_images_whatever_other_classes_are_kept():
 def test_bad_subsets_are_refused_by_name(classes, per_class, message):
     with pytest.raises(UserError, match=message):
         subsets.select(_labels(), classes, per_class)
+
+
+def test_image_folders_are_subset_and_renamed_through_the_flags(tmp_path):
+    """--classes and --labels_per_class on a --train_data/--eval_data folder source (launch.tasks.classification)."""
+    import tensorflow as tf
+
+    from launch.config import TrainConfig
+    from launch.tasks.classification import load_images
+
+    rng = np.random.default_rng(0)
+    for split, per_class in (("train", 5), ("test", 3)):
+        for name in ("apple", "bear", "cat"):
+            (tmp_path / split / name).mkdir(parents=True)
+            for i in range(per_class):
+                pixels = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+                tf.io.write_file(str(tmp_path / split / name / f"{i}.png"), tf.io.encode_png(pixels))
+    config = TrainConfig.create(train_data=str(tmp_path / "train"), eval_data=str(tmp_path / "test"),
+                                model_dir=str(tmp_path / "m"), classes=(2, 0), labels_per_class=2, augment="none")
+    pipelines, _ = load_images(config, global_batch=2, progress=False)
+    assert pipelines.class_names == ("cat", "apple")
+    assert (pipelines.num_train, pipelines.num_eval) == (4, 6)  # 2 per kept class; every test image of both
+    labels = np.concatenate([y.numpy() for _, y in pipelines.eval_data])
+    assert sorted(labels.tolist()) == [0, 0, 0, 1, 1, 1]
