@@ -103,7 +103,6 @@ class DatasetInput:
 
 _deleters: set[threading.Thread] = set()
 _deleters_lock = threading.Lock()
-_deleters_registered = False
 _exiting = False
 # How long a deleting thread keeps a retired iterator before dropping it: the caller's
 # own reference (`it = retire(it)`) is gone microseconds after the call.
@@ -134,8 +133,6 @@ def retire(iterator) -> None:
     del iterator
     thread = threading.Thread(target=_delete_later, args=(box,), name="iterator-retire", daemon=True)
     with _deleters_lock:
-        if not _deleters_registered:
-            _register_exit()
         _deleters.add(thread)
     thread.start()
     return None
@@ -150,12 +147,7 @@ def _delete_later(box: list) -> None:
             _deleters.discard(threading.current_thread())
 
 
-def _register_exit() -> None:
-    global _deleters_registered
-    _deleters_registered = True
-    atexit.register(_finish_retiring)
-
-
+@atexit.register
 def _finish_retiring() -> None:
     """At exit: waits for the deletions under way (together, up to _EXIT_WAIT_SECONDS)."""
     global _exiting
