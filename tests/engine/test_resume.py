@@ -283,3 +283,45 @@ def test_a_finite_loss_with_an_inf_gradient_is_skipped_on_every_replica(replicas
     for a, b in zip(before, model.weights):
         for value in strategy.experimental_local_results(b.value):
             np.testing.assert_array_equal(a, value.numpy())  # every replica's copy
+
+
+def _dropout_trainer(strategy, model_dir):
+    keras.utils.set_random_seed(5)
+    with strategy.scope():
+        model = keras.Sequential([_small_cnn(), keras.layers.Dropout(0.5)])
+        optimizer = keras.optimizers.SGD(0.05, momentum=0.9)
+    return Trainer(metrics=sparse_accuracy, model=model, optimizer=optimizer, strategy=strategy, model_dir=model_dir,
+                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True, reduction=None),
+                   global_batch_size=GB, progress=False, steps_per_loop=2)
+
+
+def _replica_seed_states(trainer) -> list[list[list[int]]]:
+    """Each replica's own copy of each dropout state: [state][replica] -> [seed, counter]."""
+    from engine.state import seed_generator_states
+
+    return [[copy.numpy().tolist() for copy in trainer.strategy.experimental_local_results(v.value)]
+            for v in seed_generator_states(trainer.model)]
+
+
+def test_dropout_states_agree_on_every_replica_and_a_rerun_restores_each_copy(tmp_path, two_replicas):
+    # Keras keeps one mirrored state per SeedGenerator: both replicas draw the same
+    # masks (each on its own examples) and advance their copies together.
+    images, labels = _data()
+    train, _ = _inputs(images, labels)  # 6 steps per epoch
+    unbroken = _dropout_trainer(two_replicas, str(tmp_path / "unbroken"))
+    unbroken.fit(train, train_steps=10)
+    states = _replica_seed_states(unbroken)
+    assert states and all(copies[0] == copies[1] for copies in states)
+    assert all(copies[0][1] > 0 for copies in states)  # the counters moved
+
+    first = _dropout_trainer(two_replicas, str(tmp_path / "killed"))
+    first.fit(train, train_steps=4)
+    at_kill = _replica_seed_states(first)
+    assert at_kill != states
+    second = _dropout_trainer(two_replicas, str(tmp_path / "killed"))  # a new process, in effect
+    second.build_model(train.element_spec)
+    second.restore()
+    assert second.restored_from.endswith("ckpt-4")
+    assert _replica_seed_states(second) == at_kill  # every replica's copy, not only the first
+    second.fit(train, train_steps=10)
+    assert _replica_seed_states(second) == states
