@@ -11,6 +11,7 @@ from typing import Mapping
 import tensorflow as tf
 
 from engine.files import is_better, mode_for, write_atomic
+from engine.hooks import save_hook_state
 from engine.rollback import NonFiniteError
 from engine.errors import UserError
 
@@ -303,7 +304,8 @@ class CheckpointMixin:
                 raise NonFiniteError(f"checkpoint not written: {self.guard.describe(step)}; the newest finite "
                                      f"checkpoint is {self.checkpointer.latest or 'none'}")
             self.checkpointer.save(step)
-            self.save_hook_state(step)
+            if self.model_dir and self.is_chief:
+                save_hook_state(self.hooks, self.model_dir, step)
         return self.checkpointer.latest
 
     def save_weights(self, name: str) -> str | None:

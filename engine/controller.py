@@ -1,18 +1,24 @@
 """The outer loop of training, in the spirit of Orbit's Controller: loops of steps, then actions.
 
-`Controller.run` drives a Trainer from its current step to a total: per epoch
+`Controller.run` drives a trainer from its current step to a total: per epoch
 it opens the distributed iterator (or goes on with the one a previous run on the
 same input left at this step) and the progress bar; per loop it runs the
-Trainer's compiled loop of up to `steps_per_loop` steps, reads the metrics and
-the timing, then runs the actions between loops in a fixed order:
+trainer's compiled loop of up to `steps_per_loop` steps, reads the metrics and
+the timing, then calls the actions (engine/actions.py, one object each) in a
+fixed order. Between loops:
 
-    summaries -> progress bar -> signal stop -> non-finite rollback -> hooks'
-    loop_end -> agreed hook stop -> periodic checkpoint -> preemption
+    summaries.scalars -> progress bar -> signal stop -> guard.rollback (non-finite
+    streak) -> hooks.call("loop_end") -> hooks.agree(stop_request) -> guard.state_finite
+    -> checkpoint.save (every checkpoint_every_steps) -> preemption
 
-and at each epoch end: finite check (or rollback) -> checkpoint -> evaluation
-and best checkpoint -> history -> the epoch line -> hooks' epoch_end -> hook
-state. Everything numeric runs in the Trainer's compiled functions; this module
-is eager Python: it decides, the Trainer computes.
+and at each epoch end:
+
+    guard.state_finite (or rollback) -> checkpoint.save -> evaluate -> summaries.scalars
+    ("eval") -> best.record -> history -> the epoch line -> hooks.call("epoch_end")
+    -> hooks.save_state
+
+Everything numeric runs in the trainer's compiled functions; this module is
+eager Python: it decides, the trainer computes, the actions act.
 """
 
 from __future__ import annotations
@@ -22,19 +28,18 @@ import time
 
 from typing import Protocol
 
+from engine.actions import Actions
 from engine.progress import EpochProgress, format_value
 
 
 class ControlledTrainer(Protocol):
-    """What the Controller reads and calls; engine.Trainer has it all, a test's fake trainer may too.
+    """What the Controller reads and calls on a trainer; engine.Trainer has it all, a test's fake trainer too.
 
     Settings: `is_chief`, `progress`, `steps_per_loop`, `global_batch_size`,
     `checkpoint_every_steps`, `nonfinite_limit`. State: `global_step`,
-    `nonfinite_steps`, `nonfinite_streak`, `learning_rate`, `hooks` (objects,
-    for their `stop_points(total)`), `stopped_by` (the Controller sets it when
-    it stops a run). Actions it calls, each an object or a method:
-    `guard` (in_streak(), state_finite(), describe(step), rollback(step, where)),
-    `summaries` (scalars(split, logs, step), flush()).
+    `nonfinite_steps`, `nonfinite_streak`, `learning_rate`, `signal_received`,
+    `stopped_by` (the Controller sets it when it stops a run). The actions come
+    from `actions()`, one engine.actions.Actions per run.
     """
 
     is_chief: bool
@@ -44,30 +49,22 @@ class ControlledTrainer(Protocol):
     checkpoint_every_steps: int | None
     nonfinite_limit: int | None
     stopped_by: str | None
-    guard: object
-    summaries: object
 
     global_step: int
     nonfinite_steps: int
     nonfinite_streak: int
     learning_rate: float
-    hooks: tuple
     signal_received: str | None  # "SIGTERM"/"SIGINT" once one arrived
-    stop_request: str | None  # a hook's request_stop reason
 
+    def actions(self) -> Actions: ...
     def begin_run(self, *, evaluates: bool) -> None: ...
     def stop_signals(self): ...  # context manager
-    def preemption_handler(self): ...  # object with save_checkpoint_if_preempted(), or None
     def open_iterator(self, train_input, epoch: int, start: int): ...
     def release_iterator(self, iterator, position: tuple | None = None) -> None: ...
     def reset_train_metrics(self) -> None: ...
     def run_loop(self, iterator, num_steps: int) -> dict[str, float]: ...
     def input_wait_seconds(self) -> float | None: ...
-    def call_hooks(self, event: str, logs=None) -> None: ...
-    def agree(self, flag: bool) -> bool: ...
-    def save(self, step: int) -> str | None: ...
-    def save_hook_state(self, step: int) -> None: ...
-    def evaluate_and_record(self, eval_data, step: int) -> dict[str, float]: ...
+    def evaluate(self, eval_data) -> dict[str, float]: ...
     def say(self, line: str) -> None: ...
 
 
@@ -82,17 +79,19 @@ class Controller:
       total: steps to train to, counted from step 0.
       eval_every_epochs: evaluate at the end of epochs 1 x N, 2 x N, ... (counted from
         step 0, so a resumed run evaluates at the same epochs) and at `total`.
+      actions: the run's Actions; default `trainer.actions()`.
     """
 
-    def __init__(self, trainer: ControlledTrainer, train_input, eval_data, total: int, eval_every_epochs: int = 1):
+    def __init__(self, trainer: ControlledTrainer, train_input, eval_data, total: int, eval_every_epochs: int = 1,
+                 actions: Actions | None = None):
         self.trainer, self.train_input, self.eval_data, self.total = trainer, train_input, eval_data, total
+        self.actions = actions if actions is not None else trainer.actions()
         self.eval_every_epochs = eval_every_epochs
         self.steps_per_epoch = train_input.steps_per_epoch
         self.num_epochs = math.ceil(total / self.steps_per_epoch)
         self.history: dict[str, list[float]] = {}
         self.say = trainer.say
-        self.cut_points = sorted({int(p) for h in trainer.hooks if hasattr(h, "stop_points")
-                                  for p in h.stop_points(total)})
+        self.cut_points = self.actions.hooks.stop_points(total)
         self._first_loop = True
         # With a progress bar, the first loops run 1, 2, 4, ... steps, so that the bar
         # moves within seconds even when steps_per_loop is large. It depends on a
@@ -106,24 +105,24 @@ class Controller:
         """Trains to `total`; returns the history (one value per epoch end, see Trainer.fit)."""
         t = self.trainer
         step = t.global_step
+        a = self.actions
         t.begin_run(evaluates=self.eval_data is not None)
-        t.call_hooks("train_begin")
-        self.preemption = t.preemption_handler()
+        a.hooks.call("train_begin")
         iterator = None
         with t.stop_signals():
             while step < self.total and not t.stopped_by:
                 t.release_iterator(iterator)
                 step, iterator = self._epoch(step)
 
-        t.summaries.flush()
+        a.summaries.flush()
         if not self.history and self.eval_data is not None and not t.stopped_by:
             # Nothing left to train: report where the run stands.
-            logs = {f"eval_{k}": v for k, v in t.evaluate_and_record(self.eval_data, step).items()}
+            logs = self._evaluate(step)
             logs.update(step=step, epoch=step / self.steps_per_epoch)
             self.history = {k: [v] for k, v in logs.items()}
             self.say(f"already at step {step} of {self.total}: " +
                      " ".join(f"{k}={format_value(v)}" for k, v in logs.items()))
-        t.call_hooks("train_end", self.history)
+        a.hooks.call("train_end", self.history)
         if step == self.total and step % self.steps_per_epoch and not t.stopped_by:
             # Ended inside an epoch: the next fit() from here on the same input goes on
             # with this iterator instead of rebuilding the pipeline and skipping to the step.
@@ -198,7 +197,7 @@ class Controller:
         if t.nonfinite_steps - skipped_before < done:
             # A loop of skipped steps only has nothing to plot: a diverged run would
             # write a summary per skipped loop.
-            t.summaries.scalars("train", logs, step)
+            self.actions.summaries.scalars("train", logs, step)
         return logs, done, step
 
     def _say_eta(self, step: int) -> None:
@@ -215,30 +214,30 @@ class Controller:
 
     def _after_loop(self, logs: dict, step: int, done: int, n: int) -> str | None:
         """The actions between loops; returns "stop", "rollback" or None (go on)."""
-        t = self.trainer
+        t, a = self.trainer, self.actions
         if t.signal_received or done < n:
             t.stopped_by = t.signal_received or "signal"
             return "stop"
         streak = t.nonfinite_streak
         if t.nonfinite_limit and streak >= t.nonfinite_limit:
-            t.guard.rollback(step, f"{streak} non-finite steps in a row up to step {step}")
+            a.guard.rollback(step, f"{streak} non-finite steps in a row up to step {step}")
             return "rollback"
-        t.call_hooks("loop_end", dict(logs, step=step))
-        if t.agree(t.stop_request is not None):
-            t.stopped_by = t.stop_request or "another worker's hook"
+        a.hooks.call("loop_end", dict(logs, step=step))
+        if a.hooks.agree(a.hooks.stop_request is not None):
+            t.stopped_by = a.hooks.stop_request or "another worker's hook"
             return "stop"
         if t.checkpoint_every_steps and step % t.checkpoint_every_steps == 0:
             if self._rolled_back_on_nonfinite_weights(step):
                 return "rollback"
-            if not t.guard.in_streak():
-                t.save(step)
-        if self.preemption:  # All workers call it at the same steps, as it requires.
-            self.preemption.save_checkpoint_if_preempted()
+            if not a.guard.in_streak():
+                a.checkpoint.save(step)
+        if a.preemption:  # All workers call it at the same steps, as it requires.
+            a.preemption.save_checkpoint_if_preempted()
         return None
 
     def _rolled_back_on_nonfinite_weights(self, step: int) -> bool:
         """Before a checkpoint: rolls back (or raises, see NonFiniteGuard) if a variable is NaN/Inf."""
-        guard = self.trainer.guard
+        guard = self.actions.guard
         if guard.state_finite():
             return False
         guard.rollback(step, guard.describe(step))
@@ -246,10 +245,10 @@ class Controller:
 
     def _end_epoch(self, epoch: int, step: int, logs: dict, timing: "_EpochTiming") -> None:
         """Checkpoint, evaluation, history, the epoch line and the epoch-end hooks."""
-        t = self.trainer
+        t, a = self.trainer, self.actions
         # Weights in a non-finite streak are finite, but the last steps diverged from
         # them: they would make a poor rollback target. Signals save anyway.
-        path = t.save(step) if t.stopped_by or not t.guard.in_streak() else t.latest_checkpoint
+        path = a.checkpoint.save(step) if t.stopped_by or not a.guard.in_streak() else a.checkpoint.latest
         if t.stopped_by:
             cause = f"{t.stopped_by} received" if t.stopped_by.startswith("SIG") or t.stopped_by == "signal" \
                 else t.stopped_by
@@ -261,7 +260,7 @@ class Controller:
             logs["input_wait_percent"] = 100.0 * timing.wait / timing.time
         logs.update(step=step, epoch=step / self.steps_per_epoch)
         if self.eval_data is not None and ((epoch + 1) % self.eval_every_epochs == 0 or step >= self.total):
-            logs.update({f"eval_{k}": v for k, v in t.evaluate_and_record(self.eval_data, step).items()})
+            logs.update(self._evaluate(step))
         # One value per epoch end in every list: NaN where a metric was not computed
         # (the eval metrics between evaluations), so the lists stay aligned with "step".
         rows = len(self.history.get("step", []))
@@ -269,11 +268,24 @@ class Controller:
             self.history.setdefault(name, [math.nan] * rows).append(logs.get(name, math.nan))
         self.say(f"epoch {epoch + 1}/{self.num_epochs} step {step}: " +
                  " ".join(f"{k}={format_value(v)}" for k, v in logs.items() if k not in ("step", "epoch")))
-        t.call_hooks("epoch_end", logs)
-        t.save_hook_state(step)  # The epoch's checkpoint came before its hooks ran.
-        if t.stop_request:  # Epoch-end decisions (early stopping) agree: the eval metrics do.
-            t.stopped_by = t.stop_request
-            self.say(f"{t.stop_request}: stopped after step {step}; checkpoint {path}")
+        a.hooks.call("epoch_end", logs)
+        a.hooks.save_state(step)  # The epoch's checkpoint came before its hooks ran.
+        if a.hooks.stop_request:  # Epoch-end decisions (early stopping) agree: the eval metrics do.
+            t.stopped_by = a.hooks.stop_request
+            self.say(f"{t.stopped_by}: stopped after step {step}; checkpoint {path}")
+
+    def _evaluate(self, step: int) -> dict[str, float]:
+        """Evaluates, writes the eval summaries at `step` and offers the result to the best checkpoint.
+
+        Returns:
+          The eval metrics, their names prefixed "eval_".
+        """
+        results = self.trainer.evaluate(self.eval_data)
+        self.actions.summaries.scalars("eval", results, step)
+        logs = {f"eval_{k}": v for k, v in results.items()}
+        if self.actions.best is not None:
+            self.actions.best.record(step, logs)
+        return logs
 
 
 class _EpochTiming:

@@ -378,7 +378,7 @@ class _CallableHook:
 class HooksMixin:
     """The Trainer's hook API: add_hook, request_stop, the on_* methods a subclass may override.
 
-    The controller (engine/controller.py) calls `call_hooks` at each event; hooks'
+    The controller calls them through engine/actions.py's HookActions; hooks'
     own state is saved beside each checkpoint and given back on restore.
     """
 
@@ -410,32 +410,6 @@ class HooksMixin:
 
     def on_train_end(self, history: dict[str, list[float]]) -> None:
         """Subclass hook: when fit returns."""
-
-    def call_hooks(self, event: str, logs=None) -> None:
-        """Calls the Trainer's own on_<event>, then each hook's, with logs (none for train_begin)."""
-        own = getattr(self, f"on_{event}")
-        if event == "train_begin":
-            own()
-        else:
-            own(logs)
-        for hook in self._hooks:
-            method = getattr(hook, f"on_{event}", None)
-            if method is not None:
-                method(self) if event == "train_begin" else method(self, logs)
-
-    def agree(self, flag: bool) -> bool:
-        """Multi-worker: True if any worker's flag is set, so all stop at the same step."""
-        if not (self.multi_worker and isinstance(self.strategy, tf.distribute.MultiWorkerMirroredStrategy)):
-            return flag
-        value = tf.constant(1.0 if flag else 0.0)
-        total = self.strategy.reduce(tf.distribute.ReduceOp.SUM,
-                                     self.strategy.run(lambda: tf.identity(value)), axis=None)
-        return float(total) > 0
-
-    def save_hook_state(self, step: int) -> None:
-        """Writes the hooks' own state for checkpoint `step` (chief only; see engine/hooks.py)."""
-        if self.model_dir and self.is_chief:
-            save_hook_state(self._hooks, self.model_dir, step)
 
     def _restore_hook_state(self, step: int) -> None:
         if self.model_dir:

@@ -16,9 +16,9 @@ import numpy as np
 import tensorflow as tf
 
 from engine import inputs
-from engine.checkpoint import remove_scratch
+from engine.actions import Actions, BestCheckpointAction, CheckpointAction, HookActions
 from engine.preemption import checkpoint_handler
-from engine.progress import EpochProgress, format_value
+from engine.progress import EpochProgress
 from engine.schedules import ScaledSchedule
 
 
@@ -109,9 +109,16 @@ class RunControlMixin:
         """"SIGTERM" or "SIGINT" once one arrived inside `stop_signals()`, else None."""
         return self._stop.signal_name
 
-    def preemption_handler(self):
-        """TF's PreemptionCheckpointHandler for a multi-worker mirrored run, else None (engine/preemption.py)."""
-        return checkpoint_handler(self)
+    def actions(self) -> Actions:
+        """The Controller's actions for one run (engine/actions.py), with a new preemption handler.
+
+        The preemption handler is TF's PreemptionCheckpointHandler for a
+        multi-worker mirrored run, else None (engine/preemption.py).
+        """
+        best = (BestCheckpointAction(self.best, self.guard, self.ema_weights, is_chief=self.is_chief,
+                                     scratch=self._scratch) if self.best else None)
+        return Actions(summaries=self.summaries, guard=self.guard, hooks=HookActions(self),
+                       checkpoint=CheckpointAction(self), best=best, preemption=checkpoint_handler(self))
 
     # --- Evaluation, checkpoints, output ---------------------------------------------
 
@@ -129,25 +136,6 @@ class RunControlMixin:
         """Resets the training metrics (at each epoch's start)."""
         for metric in self.train_metrics.values():
             metric.reset_state()
-
-    def evaluate_and_record(self, eval_data, step: int) -> dict[str, float]:
-        """Evaluates, writes the eval summaries at `step`, and keeps the best checkpoint; returns the metrics.
-
-        Weights with NaN/Inf, or in a non-finite streak, never become the best
-        checkpoint, whatever their metric says.
-        """
-        results = self.evaluate(eval_data)
-        self.summaries.scalars("eval", results, step)
-        with self.ema_weights():  # The best checkpoint holds the weights that were evaluated.
-            improved = self.best and not self.guard.in_streak() and self.guard.state_finite() and \
-                self.best.update(step, {f"eval_{k}": v for k, v in results.items()})
-        if improved:
-            if self.is_chief:
-                EpochProgress.write(f"new best {self.best.metric}={format_value(self.best.info['value'])} "
-                                    f"at step {step}")
-            else:
-                remove_scratch(self._scratch)
-        return results
 
     def say(self, line: str) -> None:
         """Prints a line above the progress bar (chief only)."""

@@ -2,8 +2,9 @@
 
 Loop shape, in the spirit of TF Model Garden's Orbit:
   * eager, per loop (engine/controller.py): choose how many steps to run, call the
-    compiled loop, read the metrics, then the actions: summaries, progress bar,
-    rollback, hooks, checkpoint;
+    compiled loop, read the metrics, then the actions, one object each
+    (engine/actions.py): summaries, rollback, hooks, checkpoint, best checkpoint,
+    preemption;
   * graph, per loop (engine/loops.py): up to `steps_per_loop` steps, the count
     passed as a tensor so that changing it never retraces; each step is
     `strategy.run` of one replica's `train_step`.

@@ -1,9 +1,10 @@
 """The Controller driven by a fake trainer, as orbit/controller_test.py drives Orbit's.
 
-The fake implements engine.controller.ControlledTrainer with plain Python: steps
-are counts, the loop records what it was asked, checkpoints are step numbers.
-So these tests pin the Controller's own decisions (order of actions, stops,
-rollbacks, the final save) without TensorFlow in the loop.
+The fake implements engine.controller.ControlledTrainer with plain Python, and
+its `actions()` gives the Controller fake action objects (engine.actions.Actions):
+steps are counts, the loop records what it was asked, checkpoints are step
+numbers. So these tests pin the Controller's own decisions (order of actions,
+stops, rollbacks, the final save) without TensorFlow in the loop.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import math
 
 import pytest
 
+from engine.actions import Actions
 from engine.controller import Controller
 
 
@@ -58,6 +60,60 @@ class FakeSummaries:
         pass
 
 
+class FakeHooks:
+    """HookActions' interface; `stop_request` is the fake trainer's, which a test's script sets."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def stop_points(self, total):
+        return sorted({p for h in self.trainer.hooks for p in h.stop_points(total)})
+
+    def call(self, event, logs=None):
+        self.trainer.log.append((f"hooks_{event}", self.trainer.global_step))
+
+    @property
+    def stop_request(self):
+        return self.trainer.stop_request
+
+    def agree(self, flag):
+        return flag
+
+    def save_state(self, step):
+        self.trainer.log.append(("save_hook_state", step))
+
+
+class FakeCheckpoint:
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def save(self, step):
+        self.trainer.log.append(("save", step))
+        self.trainer.saved.add(step)
+        return f"ckpt-{step}"
+
+    @property
+    def latest(self):
+        return f"ckpt-{max(self.trainer.saved)}"
+
+
+class FakeBest:
+    def __init__(self, log):
+        self.log = log
+
+    def record(self, step, eval_metrics):
+        self.log.append(("best", step, eval_metrics["eval_accuracy"]))
+        return True
+
+
+class FakePreemption:
+    def __init__(self, trainer):
+        self.trainer = trainer
+
+    def save_checkpoint_if_preempted(self):
+        self.trainer.log.append(("preemption", self.trainer.global_step))
+
+
 class FakeTrainer:
     """Records every call the Controller makes, in order, as (action, step) tuples."""
 
@@ -72,7 +128,7 @@ class FakeTrainer:
         self.saved: set[int] = {0}
         self.rollbacks = 0
         self.guard = FakeGuard(self)
-        self.summaries = FakeSummaries(self.log)
+        self.best, self.preemption = None, None  # A test may give them fakes.
         self.on_loop = lambda trainer, steps: None  # A test's script: runs after each loop.
         self.iterators_open = 0
 
@@ -82,9 +138,6 @@ class FakeTrainer:
 
     def stop_signals(self):
         return contextlib.nullcontext()
-
-    def preemption_handler(self):
-        return None
 
     def open_iterator(self, train_input, epoch, start):
         self.log.append(("open_iterator", epoch * train_input.steps_per_epoch + start))  # the global step
@@ -108,27 +161,13 @@ class FakeTrainer:
     def input_wait_seconds(self):
         return 0.0
 
-    def call_hooks(self, event, logs=None):
-        self.log.append((f"hooks_{event}", self.global_step))
-
-    def agree(self, flag):
-        return flag
-
-    def save(self, step):
-        self.log.append(("save", step))
-        self.saved.add(step)
-        return f"ckpt-{step}"
-
-    @property
-    def latest_checkpoint(self):
-        return f"ckpt-{max(self.saved)}"
-
-    def save_hook_state(self, step):
-        self.log.append(("save_hook_state", step))
-
-    def evaluate_and_record(self, eval_data, step):
-        self.log.append(("evaluate", step))
+    def evaluate(self, eval_data):
+        self.log.append(("evaluate", self.global_step))
         return {"loss": 0.5, "accuracy": 0.9}
+
+    def actions(self):
+        return Actions(summaries=FakeSummaries(self.log), guard=self.guard, hooks=FakeHooks(self),
+                       checkpoint=FakeCheckpoint(self), best=self.best, preemption=self.preemption)
 
     def say(self, line):
         self.log.append(("say", line))
@@ -154,6 +193,32 @@ def test_actions_run_in_the_documented_order_and_the_run_ends_at_total():
     assert history["step"] == [4, 8] and history["eval_accuracy"] == [0.9, 0.9]
     # A loop's summary is written at the step it reached, before the actions after it.
     assert ("summary", "train", 6) in trainer.log
+
+
+def test_best_checkpoint_and_preemption_actions_run_in_their_places():
+    trainer = FakeTrainer(steps_per_loop=2, checkpoint_every_steps=2)
+    trainer.best, trainer.preemption = FakeBest(trainer.log), FakePreemption(trainer)
+    Controller(trainer, FakeInput(4), eval_data="eval", total=8).run()
+    kinds = [e for e in trainer.log if e[0] not in ("say", "summary")]
+    second_epoch = kinds[kinds.index(("open_iterator", 4)):]
+    assert second_epoch == [
+        ("open_iterator", 4),
+        ("run_loop", 4, 2), ("hooks_loop_end", 6), ("save", 6), ("preemption", 6),
+        ("run_loop", 6, 2), ("hooks_loop_end", 8), ("save", 8), ("preemption", 8),
+        ("save", 8), ("evaluate", 8), ("best", 8, 0.9), ("hooks_epoch_end", 8), ("save_hook_state", 8),
+        ("hooks_train_end", 8), ("release_iterator", 8)]
+    # The eval summary is written at the evaluated step, before the best checkpoint is offered it.
+    assert trainer.log.index(("summary", "eval", 8)) < trainer.log.index(("best", 8, 0.9))
+
+
+def test_actions_given_to_the_controller_replace_the_trainers():
+    trainer = FakeTrainer(steps_per_loop=4)
+    log: list[tuple] = []
+    actions = trainer.actions()
+    actions.summaries, actions.best = FakeSummaries(log), FakeBest(log)
+    Controller(trainer, FakeInput(4), eval_data="eval", total=8, actions=actions).run()
+    assert [e for e in log if e[0] == "best"] == [("best", 4, 0.9), ("best", 8, 0.9)]
+    assert ("summary", "eval", 8) in log and not [e for e in trainer.log if e[0] in ("summary", "best")]
 
 
 def test_loops_are_cut_at_checkpoints_and_epoch_ends():
