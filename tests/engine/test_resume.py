@@ -313,6 +313,11 @@ def test_dropout_states_agree_on_every_replica_and_a_rerun_restores_each_copy(tm
     states = _replica_seed_states(unbroken)
     assert states and all(copies[0] == copies[1] for copies in states)
     assert all(copies[0][1] > 0 for copies in states)  # the counters moved
+    dropout = unbroken.model.layers[-1]
+    masks = two_replicas.experimental_local_results(
+        tf.function(lambda: two_replicas.run(lambda: dropout(tf.ones([4, 8]), training=True)))())
+    assert np.array_equal(masks[0].numpy() == 0, masks[1].numpy() == 0)  # as BUILD_NOTES says
+    assert 0 < np.mean(masks[0].numpy() == 0) < 1
 
     first = _dropout_trainer(two_replicas, str(tmp_path / "killed"))
     first.fit(train, train_steps=4)
