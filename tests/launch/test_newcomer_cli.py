@@ -89,7 +89,7 @@ def test_banner_saved_config_rerun_and_end_of_run_lines(tiny_cifar, tmp_path):
 
 def test_progress_moves_from_the_first_step_and_an_eta_follows(tiny_cifar, tmp_path):
     args = [a for a in command(tiny_cifar, tmp_path / "m", "--batch_size=8", "--steps_per_loop=50", "--epochs=30",
-                               "--max_time=14", "--checkpoint_every_steps=1000")
+                               "--max_time=24", "--checkpoint_every_steps=1000")
             if a not in ("--noprogress", "--steps_per_loop=1", "--checkpoint_every_steps=4")]
     result = run(args)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -99,10 +99,11 @@ def test_progress_moves_from_the_first_step_and_an_eta_follows(tiny_cifar, tmp_p
     moved = [n for n in updates if n]
     assert moved[0] == 1 and set(moved[:5]) <= {1, 3, 7, 15, 31, 40} and len(set(moved) - {40}) >= 3, updates
     # The ETA comes after 3 s of timed steps (loops that traced left out); with 8 s in all,
-    # start-up, tracing and per-epoch evaluations sometimes left less than that (2 of 5 runs).
+    # start-up, tracing and per-epoch evaluations sometimes left less than that (2 of 5 runs),
+    # and with 14 s so did a CPU shared with a training job (2026-12-07): 24 s.
     eta = [line for line in result.stderr.splitlines() if line.startswith("ETA: ")]
     assert len(eta) == 1 and re.search(r"for the remaining \d+ steps at \d+ examples/s", eta[0]), eta
-    assert "max_time of 14 s reached" in result.stderr
+    assert "max_time of 24 s reached" in result.stderr
 
 
 @pytest.mark.parametrize("model_dir,message", [
