@@ -1,7 +1,7 @@
 """Class-weighted CIFAR-10 classification: the dataset yields (x, y, sample_weight).
 
     python -m launch.train --task=weighted_classification --flagfile=launch/cifar.flags \
-        --data_dir=../shared/data/cifar10 --class_weights=1,1,1,3,1,1,1,1,1,1
+        --data_dir=../shared/data/cifar10-bin --class_weights=1,1,1,3,1,1,1,1,1,1
 
 Each training example is weighted by its class's weight (Keras's
 `class_weight`, given as sample weights): the default Trainer's train_step
