@@ -54,6 +54,48 @@ def test_best_checkpoint_keeps_only_the_best_and_names_it_in_json(tmp_path):
     assert not again.update(5, {"eval_accuracy": 0.69}) and again.update(6, {"eval_accuracy": 0.71})
 
 
+def test_the_best_checkpoint_action_refuses_weights_in_a_streak_or_not_finite_and_saves_evaluated_ones(
+        tmp_path, capsys):
+    import contextlib
+
+    from engine.actions import BestCheckpointAction
+
+    class Guard:
+        streak, finite = False, True
+
+        def in_streak(self):
+            return self.streak
+
+        def state_finite(self):
+            return self.finite
+
+    v = tf.Variable(0.0)
+    evaluated = []
+
+    @contextlib.contextmanager
+    def evaluated_weights():  # e.g. the EMA weights: the ones saved must be these
+        v.assign(100.0 + len(evaluated))
+        evaluated.append(True)
+        yield
+        v.assign(0.0)
+
+    guard = Guard()
+    action = BestCheckpointAction(BestCheckpoint(str(tmp_path), "eval_accuracy", v=v), guard, evaluated_weights,
+                                  is_chief=True, scratch=None)
+    guard.streak = True
+    assert not action.record(1, {"eval_accuracy": 0.9})
+    guard.streak, guard.finite = False, False
+    assert not action.record(2, {"eval_accuracy": 0.9})
+    assert not (tmp_path / "best.json").exists()
+    guard.finite = True
+    assert action.record(3, {"eval_accuracy": 0.5})
+    assert "new best eval_accuracy=0.5 at step 3" in capsys.readouterr().err
+    info = json.loads((tmp_path / "best.json").read_text())
+    w = tf.Variable(-1.0)
+    tf.train.Checkpoint(v=w).read(str(tmp_path / info["checkpoint"])).assert_consumed()
+    assert info["step"] == 3 and float(w.numpy()) == 102.0 and float(v.numpy()) == 0.0
+
+
 def test_loss_metrics_are_minimised():
     best = BestCheckpoint("/nonexistent-until-written", "eval_loss", v=tf.Variable(0.0))
     assert best.mode == "min" and best.is_better(1.0)
