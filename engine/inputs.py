@@ -13,10 +13,7 @@ Two kinds:
 
 from __future__ import annotations
 
-import atexit
 import dataclasses
-import threading
-import time
 from typing import Callable
 
 import tensorflow as tf
@@ -59,9 +56,10 @@ class EpochInput:
         order, repeated, since steps go to whichever worker is free.
         """
         if coordinator is None:
-            return strategy.distribute_datasets_from_function(lambda ctx: self.dataset_fn(ctx, epoch, start_step))
+            return strategy.distribute_datasets_from_function(
+                lambda ctx: without_autotune_model(self.dataset_fn(ctx, epoch, start_step)))
         return coordinator.create_per_worker_dataset(strategy.distribute_datasets_from_function(
-            lambda ctx: self.dataset_fn(ctx, epoch, 0, independent=True)))
+            lambda ctx: without_autotune_model(self.dataset_fn(ctx, epoch, 0, independent=True))))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -97,66 +95,65 @@ class DatasetInput:
     def distribute(self, strategy: tf.distribute.Strategy, epoch: int, start_step: int, coordinator=None):
         del epoch  # The dataset's own shuffling, if any, decides each epoch's order.
         if coordinator is not None:
-            return coordinator.create_per_worker_dataset(lambda: self.dataset.repeat())
-        return strategy.experimental_distribute_dataset(self.dataset.skip(start_step))
+            return coordinator.create_per_worker_dataset(lambda: without_autotune_model(self.dataset.repeat()))
+        return strategy.experimental_distribute_dataset(without_autotune_model(self.dataset.skip(start_step)))
 
 
-_deleters: set[threading.Thread] = set()
-_deleters_lock = threading.Lock()
-_exiting = False
-# How long a deleting thread keeps a retired iterator before dropping it: the caller's
-# own reference (`it = retire(it)`) is gone microseconds after the call.
-_HANDOFF_SECONDS = 1.0
-# At interpreter exit, how long to wait for the deletions under way.
-_EXIT_WAIT_SECONDS = 120.0
+def without_autotune_model(dataset: tf.data.Dataset) -> tf.data.Dataset:
+    """Returns `dataset` with tf.data's autotuning model off, unless its options already decide.
 
+    The Trainer passes every dataset it distributes through this, and
+    tf.distribute's per-device datasets too (`untune_device_datasets`). Why: an
+    iterator with the model on owns an optimisation thread that wakes at
+    intervals doubling from 10 ms to a minute, and deleting the iterator joins
+    that thread. TF 2.21 can miss the wake-up that cancellation sends (it sets
+    "cancelled" only after running the callbacks), and the deletion then waits
+    for the next interval: 10.5 s for a held iterator idle for 30 s, 41.7 s after
+    40 s, in some runs and not in others (BUILD_NOTES.md, "Pitfalls";
+    `python -m launch.benchmark_teardown`). Without the model, `AUTOTUNE`
+    parallelism and prefetch buffers keep tf.data's untuned defaults. A dataset
+    whose options set `autotune.enabled` (True or False) is returned as it is.
 
-def retire(iterator) -> None:
-    """Drops the last reference to a dataset iterator on a background thread of its own.
+    Args:
+      dataset: any tf.data.Dataset.
 
-    Deleting a used distributed tf.data iterator blocks for seconds here (2.7-3.9 s
-    for an exhausted epoch iterator, about 16 s for an endless one; TF 2.21, see
-    BUILD_NOTES.md), waiting in tf.data's thread-pool teardown without using the
-    CPU. On a background thread the next loop runs meanwhile; one thread per
-    iterator, so that deletions overlap instead of queueing behind each other (one
-    deleting thread for all built a backlog over a test suite, drained at exit: 123 s
-    for 265 tests). The thread keeps the iterator `_HANDOFF_SECONDS` before dropping
-    it, so that the caller, who passes the iterator and then drops its own
-    reference, is not the one left deleting it. At interpreter exit the deletions
-    under way finish first (a deletion cut off by the exit aborts the process); an
-    iterator retired after that is deleted by its caller. Returns None so callers
-    can write `it = retire(it)`.
+    Returns:
+      The same elements, with `options().autotune.enabled` False unless it was set.
     """
-    if iterator is None or _exiting:
-        return None
-    box = [iterator]
-    del iterator
-    thread = threading.Thread(target=_delete_later, args=(box,), name="iterator-retire", daemon=True)
-    with _deleters_lock:
-        _deleters.add(thread)
-    thread.start()
-    return None
+    if dataset.options().autotune.enabled is not None:
+        return dataset
+    options = tf.data.Options()
+    options.autotune.enabled = False
+    return dataset.with_options(options)
 
 
-def _delete_later(box: list) -> None:
-    try:
-        time.sleep(_HANDOFF_SECONDS)
-        box.clear()  # The last reference: deleted here, on this thread.
-    finally:
-        with _deleters_lock:
-            _deleters.discard(threading.current_thread())
+def untune_device_datasets() -> bool:
+    """Builds tf.distribute's per-device datasets without the autotuning model; returns whether it could.
 
+    A distributed iterator reads the input pipeline through a MultiDeviceIterator
+    that feeds each replica's device from a small dataset of its own (a
+    `prefetch(1)`, fixed: nothing to tune), each with an autotuning model whose
+    thread makes its deletion wait as `without_autotune_model` explains. TF has
+    no option for them, so this wraps the private function that builds them
+    (`multi_device_iterator_ops._create_device_dataset`, TF 2.21); it is called
+    once, when the Trainer is built. If a TF version no longer has that function,
+    nothing changes and it returns False.
+    """
+    from tensorflow.python.data.ops import multi_device_iterator_ops as device_ops
 
-@atexit.register
-def _finish_retiring() -> None:
-    """At exit: waits for the deletions under way (together, up to _EXIT_WAIT_SECONDS)."""
-    global _exiting
-    _exiting = True
-    deadline = time.monotonic() + _EXIT_WAIT_SECONDS
-    with _deleters_lock:
-        threads = list(_deleters)
-    for thread in threads:
-        thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    build = getattr(device_ops, "_create_device_dataset", None)
+    if build is None:
+        return False
+    if getattr(build, "untuned", False):
+        return True
+
+    def create_device_dataset(*args, **kwargs):
+        return without_autotune_model(build(*args, **kwargs))
+
+    create_device_dataset.untuned = True
+    create_device_dataset.original = build
+    device_ops._create_device_dataset = create_device_dataset
+    return True
 
 
 def same_position(a: tuple, b: tuple) -> bool:

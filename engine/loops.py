@@ -19,7 +19,7 @@ import tensorflow as tf
 from absl import logging
 
 from engine import batch_norm, replica_state
-from engine.inputs import retire
+from engine import inputs
 from engine.progress import EpochProgress
 from engine.errors import UserError
 
@@ -184,7 +184,7 @@ class LoopsMixin:
                 self._eval_loop(data)
             else:
                 # A fresh iterator each time: evaluation always starts at the first batch.
-                iterator = iter(self.strategy.experimental_distribute_dataset(data))
+                iterator = iter(self.strategy.experimental_distribute_dataset(inputs.without_autotune_model(data)))
                 self._eval_loop(iterator)
-                retire(iterator)
+                del iterator  # Deleted here: quick without the autotuning model (see inputs).
         return {name: float(m.result()) for name, m in self.eval_metrics.items()}

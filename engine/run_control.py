@@ -9,7 +9,6 @@ reads a private Trainer field.
 from __future__ import annotations
 
 import contextlib
-import weakref
 from typing import Mapping
 
 import numpy as np
@@ -31,7 +30,7 @@ class RunControlMixin:
         """The distributed iterator of `train_input` for `epoch` from step `start`.
 
         The iterator a previous run left at exactly this (input, epoch, step) is
-        handed back (see `release_iterator`); any other held iterator is retired.
+        handed back (see `release_iterator`); any other held iterator is deleted.
         """
         if self._coordinator is not None:
             return iter(train_input.distribute(self.strategy, epoch, start, self._coordinator))
@@ -40,28 +39,24 @@ class RunControlMixin:
             position, iterator = held
             if inputs.same_position(position, (train_input, epoch, start)):
                 return iterator
-            inputs.retire(iterator)
+            del iterator, held
         return iter(train_input.distribute(self.strategy, epoch, start))
 
     def release_iterator(self, iterator, position: tuple | None = None) -> None:
-        """Keeps `iterator` for the next run that starts at `position` (input, epoch, step), or retires it.
+        """Keeps `iterator` for the next run that starts at `position` (input, epoch, step), or deletes it.
 
         A run that ends inside an epoch passes its position: the next fit from
         there on the same input goes on reading the same iterator, as Orbit's
         trainers keep theirs across `train(num_steps)` calls, instead of
         rebuilding the pipeline and skipping to the step. Until then the Trainer
-        owns it; `close()` (or the Trainer's collection, or the interpreter's
-        exit) retires it on the background deleter (engine/inputs.py).
+        owns it; `close()` deletes it, as does the Trainer's own deletion.
+        Deleting takes milliseconds because the Trainer's datasets run without
+        tf.data's autotuning model (`inputs.without_autotune_model`).
         """
-        if iterator is None:
-            return
-        if position is None or self._coordinator is not None:
-            inputs.retire(iterator)
+        if iterator is None or position is None or self._coordinator is not None:
             return
         self.close()
         self._held_iterator = (position, iterator)
-        # Retired when this Trainer is collected, or at exit (finalize holds only the iterator).
-        self._held_finalizer = weakref.finalize(self, inputs.retire, iterator)
 
     @property
     def held_iterator(self) -> tuple | None:
@@ -69,13 +64,8 @@ class RunControlMixin:
         return self._held_iterator
 
     def close(self) -> None:
-        """Retires the training iterator the Trainer holds between runs, if any; the Trainer stays usable."""
-        held, self._held_iterator = self._held_iterator, None
-        finalizer, self._held_finalizer = self._held_finalizer, None
-        if finalizer is not None:
-            finalizer.detach()
-        if held is not None:
-            inputs.retire(held[1])
+        """Deletes the training iterator the Trainer holds between runs, if any; the Trainer stays usable."""
+        self._held_iterator = None
 
     def __enter__(self):
         return self

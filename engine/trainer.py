@@ -39,7 +39,7 @@ from engine import distribution
 from engine.checkpoint import BestCheckpoint, CheckpointMixin, Checkpointer
 from engine.controller import Controller
 from engine.hooks import HooksMixin
-from engine.inputs import DatasetInput, EpochInput
+from engine.inputs import DatasetInput, EpochInput, untune_device_datasets
 from engine.loops import LoopsMixin
 from engine.options import CheckpointOptions, GuardOptions, KernelOptions, LookaheadOptions
 from engine.preemption import StopRequest
@@ -204,6 +204,7 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin, R
         self.rollback_lr_factor = guard.rollback_lr_factor
         self.max_rollbacks = guard.max_rollbacks
         self.progress = progress
+        untune_device_datasets()  # Quick iterator deletion (engine/inputs.py).
         self.eval_loss = eval_loss or loss
         self.accumulation_steps = accumulation_steps
         self.ema_decay = ema_decay
@@ -223,7 +224,6 @@ class Trainer(StepMixin, UpdateMixin, LoopsMixin, CheckpointMixin, HooksMixin, R
         self._stop_request: str | None = None  # A hook's request_stop reason (engine/hooks.py).
         self.evaluates = False  # Whether the current run has eval data (set by begin_run).
         self._held_iterator = None  # (position, iterator) kept between runs: engine/run_control.py.
-        self._held_finalizer = None
         self.retraces: list[str] = []  # Warnings of step functions traced again after warm-up.
         self._traced: dict[str, str] = {}
         self._stop = StopRequest()

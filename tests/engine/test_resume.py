@@ -112,10 +112,7 @@ def test_a_fit_on_another_input_does_not_take_the_held_iterator():
     assert trainer.seen.read_value().numpy().tolist() == [1] * half + [0] * half + [0] * half + [1] * half
 
 
-def test_a_held_iterator_is_retired_with_its_trainer(monkeypatch):
-    retired, retire = [], inputs.retire
-    monkeypatch.setattr(inputs, "retire", lambda it: retired.append(id(it)) or retire(it))
-
+def test_a_held_iterator_is_deleted_with_its_trainer():
     def fit_inside_an_epoch():
         # In a function of its own: TensorFlow reads its callers' frame locals while
         # tracing, and such a snapshot would keep the Trainer alive in this frame.
@@ -125,28 +122,78 @@ def test_a_held_iterator_is_retired_with_its_trainer(monkeypatch):
         trainer.fit(data, train_steps=3)
         (_, epoch, step), iterator = trainer.held_iterator  # ended inside the epoch
         assert (epoch, step) == (0, 3)
-        return id(iterator), weakref.ref(trainer)
+        return weakref.ref(iterator), weakref.ref(trainer)
 
-    held, trainer = fit_inside_an_epoch()
-    assert held not in retired
+    iterator, trainer = fit_inside_an_epoch()
+    assert iterator() is not None  # Held by the Trainer alone.
     gc.collect()
-    assert trainer() is None
-    assert held in retired  # handed to the background deleter, not deleted on this thread
+    assert trainer() is None and iterator() is None
 
 
-def test_close_retires_the_held_iterator_and_the_trainer_goes_on(monkeypatch):
-    retired, retire = [], inputs.retire
-    monkeypatch.setattr(inputs, "retire", lambda it: retired.append(id(it)) or retire(it))
+def test_close_deletes_the_held_iterator_and_the_trainer_goes_on():
     images, _ = _data()
     data = DatasetInput(tf.data.Dataset.from_tensor_slices((images, np.arange(N, dtype=np.int32))).batch(GB))
     with _recording(steps_per_loop=1) as trainer:
         trainer.fit(data, train_steps=3)
-        held = id(trainer.held_iterator[1])
+        held = weakref.ref(trainer.held_iterator[1])
         trainer.close()
-        assert trainer.held_iterator is None and held in retired
+        assert trainer.held_iterator is None and held() is None  # Deleted by close, on this thread.
         trainer.fit(data, train_steps=6)  # A new iterator at step 3 (the pipeline skipped to it).
         assert trainer.seen.read_value().numpy().tolist() == [1] * N
         assert trainer.held_iterator is None  # Ended at the epoch's end: nothing to keep.
+
+
+def test_every_dataset_the_trainer_distributes_runs_without_the_autotuning_model(monkeypatch, two_replicas):
+    """Training (EpochInput and DatasetInput) and evaluation pipelines all pass through
+    without_autotune_model, and so do tf.distribute's per-device datasets behind them."""
+    seen = []
+    keep = inputs.without_autotune_model
+
+    def recording(dataset):
+        dataset = keep(dataset)
+        seen.append(dataset.options().autotune.enabled)
+        return dataset
+
+    monkeypatch.setattr(inputs, "without_autotune_model", recording)
+    images, labels = _data()
+    train, eval_data = _inputs(images, labels)
+    trainer = _recording(two_replicas, steps_per_loop=1)
+    trainer.fit(train, train_steps=2)
+    epoch_input = len(seen)
+    trainer.fit(DatasetInput(tf.data.Dataset.from_tensor_slices((images, np.arange(N, dtype=np.int32))).batch(GB)),
+                train_steps=3)
+    dataset_input = len(seen) - epoch_input
+    trainer.evaluate(eval_data)
+    # Per distributed iterator: this worker's one input pipeline, then each replica's device dataset.
+    assert (epoch_input, dataset_input, len(seen)) == (3, 3, 9)
+    assert seen == [False] * len(seen)
+
+
+def test_each_replica_device_dataset_is_built_without_the_autotuning_model(monkeypatch, two_replicas):
+    """tf.distribute's per-device datasets (one per replica) pass through without_autotune_model
+    once the Trainer has patched their builder."""
+    images, labels = _data()
+    _recording(two_replicas)  # Building a Trainer applies the patch.
+    assert inputs.untune_device_datasets()
+    built = []
+    keep = inputs.without_autotune_model
+    monkeypatch.setattr(inputs, "without_autotune_model", lambda dataset: built.append(keep(dataset)) or built[-1])
+    iterator = iter(two_replicas.experimental_distribute_dataset(
+        tf.data.Dataset.from_tensor_slices((images, labels)).batch(GB)))
+    batch = next(iterator)
+    assert len(two_replicas.experimental_local_results(batch[0])) == 2
+    assert len(built) == 2 and all(d.options().autotune.enabled is False for d in built)
+
+
+def test_without_autotune_model_keeps_an_explicit_choice():
+    dataset = tf.data.Dataset.range(4)
+    assert inputs.without_autotune_model(dataset).options().autotune.enabled is False
+    for choice in (True, False):
+        options = tf.data.Options()
+        options.autotune.enabled = choice
+        chosen = dataset.with_options(options)
+        assert inputs.without_autotune_model(chosen).options().autotune.enabled is choice
+    assert list(inputs.without_autotune_model(dataset).as_numpy_iterator()) == [0, 1, 2, 3]
 
 
 @pytest.mark.parametrize("replicas", [1, 2])
