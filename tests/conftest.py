@@ -44,38 +44,14 @@ def two_replicas():
     return tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 
 
-_EXIT_STATUS = {}
-
-
 def pytest_sessionfinish(session, exitstatus):
-    _EXIT_STATUS["status"] = int(exitstatus)
-    if os.environ.get("TESTS_NORMAL_EXIT"):
-        import gc
+    """Freezes the heap before pytest's last garbage collections.
 
-        # The heap of traced graphs is garbage-collected 6 more times on the way out
-        # (pytest's unraisableexception plugin, then the interpreter): 11 s for 29
-        # engine tests; frozen, 2 s (BUILD_NOTES.md, "Pitfalls").
-        gc.freeze()
-
-
-@pytest.hookimpl(trylast=True)
-def pytest_unconfigure(config):
-    """Ends the process as soon as pytest is done, with pytest's exit status.
-
-    After the whole suite the process holds thousands of native threads
-    (TensorFlow's inter-/intra-op pools and tf.data's, per strategy and
-    dataset); the interpreter's normal shutdown then spends 1-2 minutes tearing
-    them down (BUILD_NOTES.md, "Pitfalls"). Everything pytest writes (the
-    summary, the cache) is written before this last hook.
+    The heap of traced graphs is garbage-collected 6 more times on the way out
+    (pytest's unraisableexception plugin, then the interpreter): 11 s for 29
+    engine tests; frozen, 2 s (BUILD_NOTES.md, "Pitfalls"). The process then
+    exits normally.
     """
-    if "status" not in _EXIT_STATUS or os.environ.get("TESTS_NORMAL_EXIT"):
-        return
-    import sys
-    import threading
+    import gc
 
-    if os.environ.get("TESTS_REPORT_THREADS"):
-        sys.stderr.write(f"python threads at exit: {threading.active_count()}, native: "
-                         f"{len(os.listdir('/proc/self/task')) if os.path.isdir('/proc/self/task') else '?'}\n")
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(_EXIT_STATUS["status"])
+    gc.freeze()
