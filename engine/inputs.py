@@ -110,9 +110,11 @@ def without_autotune_model(dataset: tf.data.Dataset) -> tf.data.Dataset:
     "cancelled" only after running the callbacks), and the deletion then waits
     for the next interval: 10.5 s for a held iterator idle for 30 s, 41.7 s after
     40 s, in some runs and not in others (BUILD_NOTES.md, "Pitfalls";
-    `python -m launch.benchmark_teardown`). Without the model, `AUTOTUNE`
-    parallelism and prefetch buffers keep tf.data's untuned defaults. A dataset
-    whose options set `autotune.enabled` (True or False) is returned as it is.
+    `python -m launch.benchmark_teardown`). Without the model, an `AUTOTUNE`
+    parallelism is min(16, the CPU cores) (tf.data's GetAutotuneDefaultParallelism)
+    and `prefetch(AUTOTUNE)` buffers are sized by tf.data's legacy prefetch
+    autotuner. A dataset whose options set `autotune.enabled` (True or False) is
+    returned as it is.
 
     Args:
       dataset: any tf.data.Dataset.
