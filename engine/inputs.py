@@ -153,7 +153,6 @@ def untune_device_datasets() -> bool:
         return without_autotune_model(build(*args, **kwargs))
 
     create_device_dataset.untuned = True
-    create_device_dataset.original = build
     device_ops._create_device_dataset = create_device_dataset
     return True
 

@@ -43,7 +43,7 @@ class RunControlMixin:
         return iter(train_input.distribute(self.strategy, epoch, start))
 
     def release_iterator(self, iterator, position: tuple | None = None) -> None:
-        """Keeps `iterator` for the next run that starts at `position` (input, epoch, step), or deletes it.
+        """Keeps `iterator` for the next run that starts at `position` (input, epoch, step), or lets it go.
 
         A run that ends inside an epoch passes its position: the next fit from
         there on the same input goes on reading the same iterator, as Orbit's
