@@ -14,6 +14,7 @@ Two kinds:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import tensorflow as tf
@@ -149,6 +150,7 @@ def untune_device_datasets() -> bool:
     if getattr(build, "untuned", False):
         return True
 
+    @functools.wraps(build)  # Keeps TF's function as __wrapped__.
     def create_device_dataset(*args, **kwargs):
         return without_autotune_model(build(*args, **kwargs))
 
