@@ -54,10 +54,11 @@ def test_two_replicas_from_flags(tiny_cifar, tmp_path):
 
 
 def test_trains_on_the_real_cifar10_files(cifar10_dir, tmp_path):
-    result = _run(_command(cifar10_dir, tmp_path / "real", "--batch_size=128", "--train_steps=60",
-                           "--steps_per_loop=20"))
+    """The JPEG copy through its CSV indexes; the small CNN learns 4x faster per second than ResNet-20 here."""
+    result = _run(_command(cifar10_dir, tmp_path / "real", "--model=small_cnn", "--batch_size=128",
+                           "--train_steps=120", "--steps_per_loop=40"))
     assert result.returncode == 0, result.stderr[-3000:]
     assert "50000 train, 10000 eval examples" in result.stderr
-    final = [line for line in result.stderr.splitlines() if line.startswith("epoch 1/1 step 60:")]
+    final = [line for line in result.stderr.splitlines() if line.startswith("epoch 1/1 step 120:")]
     accuracy = float(final[0].split("eval_accuracy=")[1].split()[0])
-    assert accuracy > 0.2  # chance is 0.1; 60 steps of ResNet-20 reach about 0.3
+    assert accuracy > 0.2  # chance is 0.1; 120 steps of the small CNN reach about 0.31
