@@ -1,6 +1,6 @@
 """Time to accuracy: runs a recipe end to end and prints one line against its target.
 
-    python -m launch.benchmark_accuracy --recipe=launch/cifar_85.flags --data_dir=../shared/data/cifar10
+    python -m launch.benchmark_accuracy --recipe=launch/cifar_94.flags --data_dir=../shared/data/cifar10-bin
 
 Runs `python -m launch.train --flagfile=<recipe>` in a fresh process (a fresh
 --model_dir under --work_dir, --noprogress) and times it from the command's start

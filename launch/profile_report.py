@@ -1,6 +1,6 @@
 """Prints where a profiled run's time went: TensorFlow op self time by op type.
 
-    python -m launch.train --flagfile=launch/cifar_85.flags --data_dir=../shared/data/cifar10 \\
+    python -m launch.train --flagfile=launch/cifar_94.flags --data_dir=../shared/data/cifar10-bin \\
         --model_dir=/tmp/p --train_steps=12 --profile_steps=6,10
     python -m launch.profile_report --logdir=/tmp/p/train --steps=4
 
