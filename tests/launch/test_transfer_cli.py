@@ -63,11 +63,21 @@ def _learning_rates(folder):
     return read_learning_rates(str(folder))[1]
 
 
-def test_frozen_phase_then_fine_tuning_of_the_top_layers_only(tiny_cifar, tmp_path, pretrained):
-    path, saved = pretrained
-    model_dir = tmp_path / "run"
-    result = run(_train(tiny_cifar, model_dir, path))
+@pytest.fixture(scope="module")
+def unbroken(tiny_cifar, pretrained, tmp_path_factory):
+    """The model_dir of one uninterrupted run on one replica, shared by the tests that read one.
+
+    With --deterministic every such run ends bitwise the same, so one serves them all.
+    """
+    model_dir = tmp_path_factory.mktemp("unbroken") / "run"
+    result = run(_train(tiny_cifar, model_dir, pretrained[0]))
     assert result.returncode == 0, result.stderr[-3000:]
+    return model_dir
+
+
+def test_frozen_phase_then_fine_tuning_of_the_top_layers_only(unbroken, pretrained):
+    _, saved = pretrained
+    model_dir = unbroken
     head_steps, total = 2 * STEPS_PER_EPOCH, 4 * STEPS_PER_EPOCH
 
     # Frozen phase: after it, every backbone weight and statistic is as saved; the head moved.
@@ -105,12 +115,16 @@ TWO_REPLICAS = ["--strategy=mirrored", "--num_cpu_devices=2", "--batch_size=10"]
 
 @pytest.mark.parametrize("phase, replicas", [("head", []), ("finetune", []), ("head", TWO_REPLICAS)],
                          ids=["head", "finetune", "head-2-replicas"])
-def test_a_run_killed_in_either_phase_ends_where_an_unbroken_one_does(tiny_cifar, tmp_path, pretrained, phase,
-                                                                      replicas):
+def test_a_run_killed_in_either_phase_ends_where_an_unbroken_one_does(tiny_cifar, tmp_path, pretrained, unbroken,
+                                                                      phase, replicas):
     # The head's dropout draws new masks each step: its random state is in the checkpoint.
     path, _ = pretrained
-    straight = run([*_train(tiny_cifar, tmp_path / "straight", path), *replicas])
-    assert straight.returncode == 0, straight.stderr[-3000:]
+    if replicas:
+        straight_dir = tmp_path / "straight"
+        straight = run([*_train(tiny_cifar, straight_dir, path), *replicas])
+        assert straight.returncode == 0, straight.stderr[-3000:]
+    else:
+        straight_dir = unbroken
     killed = tmp_path / "killed"
     marker = killed / f"ckpt-{STEPS_PER_EPOCH}.index" if phase == "head" else \
         killed / "finetune" / f"ckpt-{STEPS_PER_EPOCH}.index"
@@ -118,6 +132,6 @@ def test_a_run_killed_in_either_phase_ends_where_an_unbroken_one_does(tiny_cifar
     resumed = run([*_train(tiny_cifar, killed, path), *replicas])
     assert resumed.returncode == 0 and "resuming at step" in resumed.stderr, resumed.stderr[-3000:]
     last = f"finetune/ckpt-{2 * STEPS_PER_EPOCH}"
-    a, b = _state(tmp_path / "straight" / last), _state(killed / last)
+    a, b = _state(straight_dir / last), _state(killed / last)
     assert a.keys() == b.keys() and len(a) > 50 and any(name.startswith("seed_generators/") for name in a)
     assert [name for name in a if a[name].tobytes() != b[name].tobytes()] == []
