@@ -115,7 +115,7 @@ TWO_REPLICAS = ["--strategy=mirrored", "--num_cpu_devices=2", "--batch_size=10"]
 
 @pytest.mark.parametrize("phase, replicas", [("head", []), ("finetune", []), ("head", TWO_REPLICAS)],
                          ids=["head", "finetune", "head-2-replicas"])
-def test_a_run_killed_in_either_phase_ends_where_an_unbroken_one_does(tiny_cifar, tmp_path, pretrained, unbroken,
+def test_a_run_killed_in_either_phase_ends_where_an_unbroken_one_does(tiny_cifar, tmp_path, pretrained, request,
                                                                       phase, replicas):
     # The head's dropout draws new masks each step: its random state is in the checkpoint.
     path, _ = pretrained
@@ -123,8 +123,8 @@ def test_a_run_killed_in_either_phase_ends_where_an_unbroken_one_does(tiny_cifar
         straight_dir = tmp_path / "straight"
         straight = run([*_train(tiny_cifar, straight_dir, path), *replicas])
         assert straight.returncode == 0, straight.stderr[-3000:]
-    else:
-        straight_dir = unbroken
+    else:  # the shared run, built only when a one-replica case runs
+        straight_dir = request.getfixturevalue("unbroken")
     killed = tmp_path / "killed"
     marker = killed / f"ckpt-{STEPS_PER_EPOCH}.index" if phase == "head" else \
         killed / "finetune" / f"ckpt-{STEPS_PER_EPOCH}.index"
